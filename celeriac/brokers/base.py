@@ -1,0 +1,168 @@
+"""The broker interface: queues of envelopes, leased to consumers until acked.
+
+A broker works on named queues, not on AMQP concepts.  ``fetch`` leases up to N
+messages to a consumer id in one round trip; a lease lasts ``lease_seconds`` and
+is renewed by ``heartbeat(consumer_id)``.  A consumer that stops heartbeating
+loses its leases and the messages are delivered again (``redelivered=True``).
+Delayed messages (``not_before``) wait in the broker, never in a worker.
+
+Each broker maps its driver's exceptions to :class:`OperationalError` at this
+boundary.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..exceptions import OperationalError
+from ..protocol.message import Envelope
+
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    native_delay: bool = True       # not_before is kept by the broker itself
+    priority: bool = True           # priorities are honoured (0 = most urgent)
+    broadcast: bool = False         # publish_broadcast/subscribe available
+    global_rate_limit: bool = False  # acquire_tokens coordinates all workers
+    leases: bool = True             # fetch leases; heartbeat renews; expiry redelivers
+
+
+@dataclass(slots=True)
+class Delivery:
+    """A leased message.  Ack it, nack it, or let its lease lapse."""
+
+    envelope: Envelope
+    queue: str
+    tag: str
+    broker: Broker
+    redelivered: bool = False
+    started: bool = False           # marked as started by a previous holder
+    raw: Any = None                 # broker-private data
+
+    def ack(self) -> None:
+        self.broker.ack([self])
+
+    def requeue(self, delay: float | None = None) -> None:
+        self.broker.requeue([self], delay=delay)
+
+    def reject(self, reason: str) -> None:
+        """Drop the message into the dead-letter store with a reason."""
+        self.broker.dead_letter(self, reason)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    id: str
+    queue: str
+    reason: str
+    raw: str
+    failed_at: float
+    task_name: str | None = None
+    task_id: str | None = None
+
+
+@dataclass(slots=True)
+class PublishItem:
+    envelope: Envelope
+    queue: str
+    not_before: float | None = None  # unix time; None = now
+    exchange: str = ""
+
+
+@dataclass(slots=True)
+class QueueStats:
+    ready: int = 0
+    delayed: int = 0
+    leased: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Broker(abc.ABC):
+    capabilities = Capabilities()
+
+    def __init__(self, url: str, *, lease_seconds: float = DEFAULT_LEASE_SECONDS,
+                 options: dict[str, Any] | None = None) -> None:
+        self.url = url
+        self.lease_seconds = lease_seconds
+        self.options = dict(options or {})
+
+    # -- life cycle ------------------------------------------------------------
+    def connect(self) -> None:
+        """Open connections eagerly; raise OperationalError when unreachable."""
+
+    def close(self) -> None:
+        """Release connections (the broker can reconnect lazily afterwards)."""
+
+    def declare_queue(self, name: str) -> None:
+        """Make ``name`` known (a no-op where queues need no declaration)."""
+
+    # -- producing -------------------------------------------------------------
+    def publish(self, envelope: Envelope, queue: str, *, not_before: float | None = None,
+                exchange: str = "") -> None:
+        self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
+
+    @abc.abstractmethod
+    def publish_many(self, items: Sequence[PublishItem]) -> None:
+        """Enqueue every item in one round trip."""
+
+    # -- consuming -------------------------------------------------------------
+    @abc.abstractmethod
+    def fetch(self, queues: Sequence[str], max_count: int, timeout: float,
+              consumer_id: str) -> list[Delivery]:
+        """Lease up to ``max_count`` due messages, most urgent first; wait up to
+        ``timeout`` seconds for the first one.  One round trip per batch."""
+
+    @abc.abstractmethod
+    def ack(self, deliveries: Iterable[Delivery]) -> None:
+        """Remove the messages for good."""
+
+    @abc.abstractmethod
+    def requeue(self, deliveries: Iterable[Delivery], delay: float | None = None) -> None:
+        """Give the messages back (after ``delay`` seconds), marked redelivered."""
+
+    @abc.abstractmethod
+    def heartbeat(self, consumer_id: str, running: Sequence[Delivery] = ()) -> None:
+        """Renew every lease ``consumer_id`` holds; record ``running`` as started."""
+
+    @abc.abstractmethod
+    def release_consumer(self, consumer_id: str) -> int:
+        """Give back every message leased to ``consumer_id`` (it died); returns how many."""
+
+
+    # -- dead letters ----------------------------------------------------------
+    @abc.abstractmethod
+    def dead_letter(self, delivery: Delivery, reason: str) -> None:
+        """Move the message to the dead-letter store with ``reason`` (acks it)."""
+
+    @abc.abstractmethod
+    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """The most recent dead letters, newest first."""
+
+    def replay_dead_letter(self, dead_id: str) -> bool:
+        """Put a dead letter back on its queue; False if it does not exist."""
+        raise OperationalError(f"{type(self).__name__} cannot replay dead letters")
+
+    # -- admin -----------------------------------------------------------------
+    @abc.abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every ready and delayed message of ``queue``; returns how many."""
+
+    @abc.abstractmethod
+    def stats(self, queue: str) -> QueueStats:
+        """Counts of ready, delayed and leased messages."""
+
+    def size(self, queue: str) -> int:
+        return self.stats(queue).ready
+
+
+def now() -> float:
+    return time.time()
+
+__all__ = ["Broker", "Capabilities", "DeadLetter", "Delivery", "OperationalError", "PublishItem",
+           "QueueStats", "DEFAULT_LEASE_SECONDS"]

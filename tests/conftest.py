@@ -1,0 +1,81 @@
+"""Shared fixtures: a real broker per test, isolated (fresh SQLite file, key prefix on Redis)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from celeriac.brokers import Broker, broker_from_url  # noqa: E402
+
+REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _redis_up() -> bool:
+    try:
+        import redis
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+        return True
+    except Exception:
+        return False
+
+
+def make_broker(kind: str, tmp_path: Path, lease_seconds: float = 30.0) -> Broker:
+    if kind == "memory":
+        return broker_from_url(f"memory://{uuid.uuid4().hex}", lease_seconds=lease_seconds)
+    if kind == "sqlite":
+        return broker_from_url(f"sqlite:///{tmp_path}/broker.db", lease_seconds=lease_seconds)
+    if kind == "redis":
+        prefix = f"t{uuid.uuid4().hex[:10]}:"
+        return broker_from_url(REDIS_URL, lease_seconds=lease_seconds,
+                               options={"global_keyprefix": prefix})
+    raise ValueError(kind)
+
+
+BROKER_KINDS = ["memory", "sqlite", "redis"]
+
+
+@pytest.fixture(params=BROKER_KINDS)
+def broker_factory(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Broker]]:
+    kind = request.param
+    if kind == "redis":
+        try:
+            import celeriac.brokers.redis  # noqa: F401
+        except ImportError:
+            pytest.fail("the Redis broker module is missing")
+        if not _redis_up():
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}")
+    made: list[Broker] = []
+
+    def factory(lease_seconds: float = 30.0) -> Broker:
+        b = make_broker(kind, tmp_path, lease_seconds)
+        if made and kind == "redis":  # share the key prefix with the first broker
+            b = broker_from_url(REDIS_URL, lease_seconds=lease_seconds, options=made[0].options)
+        elif made and kind == "memory":
+            b = broker_from_url(made[0].url, lease_seconds=lease_seconds)
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        if kind == "redis":
+            _redis_cleanup(b)
+        b.close()
+
+
+def _redis_cleanup(b: Broker) -> None:
+    prefix = b.options.get("global_keyprefix")
+    if not prefix:
+        return
+    import redis
+    r = redis.Redis.from_url(REDIS_URL)
+    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        r.delete(*keys)
