@@ -135,6 +135,10 @@ class Broker(abc.ABC):
         """Give back every message leased to ``consumer_id`` (it died); returns how many."""
 
 
+    def leased(self, consumer_id: str) -> list[Delivery]:
+        """The messages ``consumer_id`` holds now (used when a worker process died)."""
+        return []
+
     # -- dead letters ----------------------------------------------------------
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> None:

@@ -101,6 +101,11 @@ class MemoryBroker(Broker):
                 if d.raw in self._msgs:
                     self._msgs[d.raw].started = True
 
+    def leased(self, consumer_id: str) -> list[Delivery]:
+        with self._cond:
+            return [Delivery(m.envelope, m.queue, m.tag, self, m.redelivered, m.started, m.id)
+                    for m in self._msgs.values() if m.owner == consumer_id]
+
     def release_consumer(self, consumer_id: str) -> int:
         n = 0
         with self._cond:

@@ -213,9 +213,8 @@ class SQLiteBroker(Broker):
         return QueueStats(ready=counts.get(READY, 0), delayed=counts.get(DELAYED, 0),
                           leased=counts.get(LEASED, 0))
 
-    def leased_by(self, consumer_prefix: str) -> list[Delivery]:
-        """Messages leased by consumers whose id starts with ``consumer_prefix``."""
+    def leased(self, consumer_id: str) -> list[Delivery]:
         rows = self.db.read(
             "SELECT id, queue, tag, payload, redelivered, started FROM celeriac_messages "
-            "WHERE state = 1 AND lease_owner LIKE ? ORDER BY id", (consumer_prefix + "%",))
+            "WHERE state = 1 AND lease_owner = ? ORDER BY id", (consumer_id,))
         return [Delivery(from_kombu_json(r[3]), r[1], r[2], self, bool(r[4]), bool(r[5]), r[0]) for r in rows]

@@ -1,0 +1,112 @@
+-- fetch: promote due delayed messages, give back expired leases (when asked),
+-- then pop up to N messages and lease them, all in one atomic step.
+--
+-- ARGV: [1] layout, [2] consumer id, [3] max count, [4] lease seconds,
+--       [5] '1' to reclaim expired leases, [6..] queue names.
+-- Returns {server_now, next_due_or_'', tag, queue_index, envelope, started, ...}.
+
+local consumer = ARGV[2]
+local max_count = tonumber(ARGV[3])
+local lease_seconds = tonumber(ARGV[4])
+local reclaim = ARGV[5] == '1'
+local queues = {}
+for i = 6, #ARGV do queues[#queues + 1] = ARGV[i] end
+local now = server_now()
+
+-- 1. Delayed messages that are due go to the back of their list, as if
+--    published now.  Member: "<step>|<byte length of queue>|<queue><envelope>".
+local due = redis.call('ZRANGEBYSCORE', C.delayed, '-inf', now, 'LIMIT', 0, 1000)
+for _, m in ipairs(due) do
+  local a = string.find(m, '|', 1, true)
+  local b = a and string.find(m, '|', a + 1, true)
+  local n = b and tonumber(string.sub(m, a + 1, b - 1))
+  redis.call('ZREM', C.delayed, m)
+  if n then
+    local queue = string.sub(m, b + 1, b + n)
+    redis.call('ZREM', C.delayed_prefix .. queue, m)
+    redis.call('LPUSH', step_key(queue, string.sub(m, 1, a - 1)), string.sub(m, b + n + 1))
+    ring(queue)
+  else
+    bury(m, '', 'unreadable entry in the delayed set', now)
+  end
+end
+
+-- 2. Leases that expired (their holder stopped heartbeating) are given back.
+if reclaim then
+  local expired = redis.call('ZRANGEBYSCORE', C.leases, '-inf', now, 'LIMIT', 0, 1000)
+  for _, tag in ipairs(expired) do restore(tag, now) end
+end
+
+-- 3. Pop in Celery's BRPOP key order (every step-0 key first) and record each
+--    message in kombu's unacked hash/index and in our lease structures.
+local out = {tostring(now), ''}
+local count = 0
+local expiry = now + lease_seconds
+local ckey = C.consumer_prefix .. consumer
+
+local function lease(raw, qi)
+  local queue = queues[qi]
+  local ok, env = pcall(cjson.decode, raw)
+  if not ok or type(env) ~= 'table' or type(env.properties) ~= 'table' then
+    bury(raw, queue, 'DecodeError: not a kombu JSON envelope', now)
+    return
+  end
+  local props = env.properties
+  local tag = props.delivery_tag
+  if type(tag) ~= 'string' or tag == '' or redis.call('HEXISTS', C.unacked, tag) == 1 then
+    -- missing, or already used by a message that is still unacked: make one up
+    tag = (type(tag) == 'string' and tag or 'celeriac') .. '~' .. redis.call('INCR', C.seq)
+  end
+  local exchange, routing_key = '', queue
+  local info = props.delivery_info
+  if type(info) == 'table' then
+    if type(info.exchange) == 'string' then exchange = info.exchange end
+    if type(info.routing_key) == 'string' then routing_key = info.routing_key end
+  end
+  redis.call('HSET', C.unacked, tag,
+             '[' .. raw .. ', ' .. cjson.encode(exchange) .. ', ' .. cjson.encode(routing_key) .. ']')
+  redis.call('ZADD', C.unacked_index, now, tag)
+  redis.call('ZADD', C.leases, expiry, tag)
+  redis.call('HSET', C.lease_owner, tag, consumer)
+  redis.call('HSET', C.lease_queue, tag, queue)
+  redis.call('SADD', ckey, tag)
+  redis.call('SADD', C.leased_prefix .. queue, tag)
+  count = count + 1
+  out[#out + 1] = tag
+  out[#out + 1] = qi
+  out[#out + 1] = raw
+  out[#out + 1] = redis.call('SISMEMBER', C.started, tag)
+end
+
+for _, step in ipairs(C.steps) do
+  for qi = 1, #queues do
+    if count >= max_count then break end
+    local key = step_key(queues[qi], step)
+    while count < max_count do
+      local raw = redis.call('RPOP', key)
+      if not raw then break end
+      lease(raw, qi)
+    end
+  end
+end
+
+-- 4. Doorbells: a drained queue's token is stale, so drop it; a queue with
+--    messages left keeps one token so that the next waiting consumer wakes.
+for qi = 1, #queues do
+  local left = 0
+  if count >= max_count then
+    for _, step in ipairs(C.steps) do
+      left = left + redis.call('LLEN', step_key(queues[qi], step))
+    end
+  end
+  if left == 0 then
+    redis.call('DEL', C.bell_prefix .. queues[qi])
+  elseif redis.call('LLEN', C.bell_prefix .. queues[qi]) == 0 then
+    ring(queues[qi])
+  end
+end
+
+-- 5. When the next delayed message is due, so an idle consumer can wait until then.
+local first = redis.call('ZRANGE', C.delayed, 0, 0, 'WITHSCORES')
+if first[2] then out[2] = first[2] end
+return out

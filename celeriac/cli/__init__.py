@@ -1,0 +1,1 @@
+"""The ``celeriac`` command line (Celery's ``celery`` command, same flags)."""

@@ -1,0 +1,1 @@
+"""The worker: a consumer that fetches in batches, executors that run tasks, a supervisor."""

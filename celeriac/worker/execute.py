@@ -1,0 +1,284 @@
+"""Running one task: the middleware chain every pool and eager mode go through.
+
+A middleware is a callable ``mw(ctx, call_next)``; it may act before and after
+``call_next(ctx)``.  The innermost step calls the task and records the outcome
+on ``ctx`` (no exception crosses the chain).  Results to store are collected on
+``ctx.metas`` so the worker can write a batch in one round trip.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from .. import _state, signals, states
+from ..exceptions import Ignore, Reject, Retry
+from ..protocol.message import TaskMessage, safe_repr
+from ..protocol.results import exception_to_dict, make_meta
+from ..task import Context, Task
+
+if TYPE_CHECKING:
+    from ..app import Celery
+    from ..result import EagerResult
+
+logger = logging.getLogger("celeriac.worker")
+Handler = Callable[["ExecContext"], None]
+Middleware = Callable[["ExecContext", Handler], None]
+
+
+class ExecContext:
+    __slots__ = ("app", "task", "req", "message", "state", "retval", "exc", "tb", "runtime",
+                 "metas", "eager", "hostname", "reject_requeue", "retry", "started_at", "ack")
+
+    def __init__(self, app: Celery, task: Task[Any, Any], req: Context, message: TaskMessage | None,
+                 hostname: str, eager: bool = False) -> None:
+        self.app = app
+        self.task = task
+        self.req = req
+        self.message = message
+        self.hostname = hostname
+        self.eager = eager
+        self.state = states.PENDING
+        self.retval: Any = None
+        self.exc: BaseException | None = None
+        self.tb: str | None = None
+        self.runtime = 0.0
+        self.metas: list[dict[str, Any]] = []
+        self.reject_requeue: bool | None = None
+        self.retry: Retry | None = None
+        self.started_at = 0.0
+        self.ack = True  # False: give the message back instead (Reject(requeue=True))
+
+
+def context_from_message(msg: TaskMessage, hostname: str, queue: str | None = None,
+                         redelivered: bool = False) -> Context:
+    h = msg.headers
+    embed = msg.embed or {}
+    return Context(
+        id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries,
+        eta=h.get("eta"), expires=h.get("expires"), headers=h,
+        delivery_info={"exchange": "", "routing_key": queue, "priority": msg.priority,
+                       "redelivered": redelivered},
+        reply_to=msg.reply_to, correlation_id=msg.properties.get("correlation_id") or msg.id,
+        root_id=msg.root_id, parent_id=msg.parent_id, group=msg.group, group_index=msg.group_index,
+        chord=embed.get("chord"), chain=embed.get("chain"), callbacks=embed.get("callbacks"),
+        errbacks=embed.get("errbacks"), hostname=hostname, origin=h.get("origin"),
+        timelimit=h.get("timelimit"), ignore_result=msg.ignore_result, shadow=msg.shadow,
+        stamps=h.get("stamps"), priority=msg.priority, children=[], is_eager=False,
+    )
+
+
+# -- the innermost step --------------------------------------------------------
+
+def call_task(ctx: ExecContext) -> None:
+    task, req = ctx.task, ctx.req
+    _state.push_request(req)
+    ctx.started_at = time.monotonic()
+    try:
+        task.before_start(req.id, req.args, req.kwargs)
+        ctx.retval = task.run(*req.args, **req.kwargs)
+        if hasattr(ctx.retval, "__await__"):
+            from .aio import run_coroutine
+            ctx.retval = run_coroutine(ctx.retval, ctx)
+        ctx.state = states.SUCCESS
+    except Retry as exc:
+        ctx.state, ctx.retry, ctx.exc = states.RETRY, exc, exc
+        ctx.tb = traceback.format_exc()
+    except Ignore as exc:
+        ctx.state, ctx.exc = states.IGNORED, exc
+    except Reject as exc:
+        ctx.state, ctx.exc, ctx.reject_requeue = states.REJECTED, exc, exc.requeue
+    except BaseException as exc:  # noqa: BLE001 - everything a task raises is its outcome
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not ctx.eager:
+            raise
+        ctx.exc = exc
+        ctx.tb = traceback.format_exc()
+        ctx.state = states.FAILURE
+        _maybe_autoretry(ctx, exc)
+    finally:
+        ctx.runtime = time.monotonic() - ctx.started_at
+        _state.pop_request()
+
+
+def _maybe_autoretry(ctx: ExecContext, exc: BaseException) -> None:
+    task = ctx.task
+    if not task.autoretry_for or not isinstance(exc, task.autoretry_for):
+        return
+    if task.dont_autoretry_for and isinstance(exc, task.dont_autoretry_for):
+        return
+    opts = dict(task.retry_kwargs or {})
+    if task.retry_backoff:
+        opts["countdown"] = task.backoff_delay(ctx.req.retries or 0)
+    _state.push_request(ctx.req)
+    try:
+        task.retry(exc=exc, **opts)
+    except Retry as r:
+        ctx.state, ctx.retry, ctx.exc = states.RETRY, r, r
+    except BaseException as final:  # max retries exceeded: the original error (or MaxRetries)
+        ctx.exc = final
+        ctx.tb = ctx.tb if final is exc else traceback.format_exc()
+    finally:
+        _state.pop_request()
+
+
+# -- middleware ----------------------------------------------------------------
+
+def hooks_middleware(ctx: ExecContext, call_next: Handler) -> None:
+    """Task methods on_success / on_failure / on_retry / after_return."""
+    call_next(ctx)
+    task, req = ctx.task, ctx.req
+    try:
+        if ctx.state == states.SUCCESS:
+            task.on_success(ctx.retval, req.id, req.args, req.kwargs)
+        elif ctx.state == states.FAILURE and ctx.exc is not None:
+            task.on_failure(ctx.exc, req.id, req.args, req.kwargs, ctx.tb)
+        elif ctx.state == states.RETRY and ctx.retry is not None:
+            exc = ctx.retry.exc if isinstance(ctx.retry.exc, BaseException) else ctx.retry
+            task.on_retry(exc, req.id, req.args, req.kwargs, ctx.tb)
+        if ctx.state in (states.SUCCESS, states.FAILURE, states.RETRY):
+            task.after_return(ctx.state, ctx.retval if ctx.state == states.SUCCESS else ctx.exc,
+                              req.id, req.args, req.kwargs, ctx.tb)
+    except Exception as exc:
+        logger.exception("Task %s[%s] handler raised: %r", task.name, req.id, exc)
+
+
+def signals_middleware(ctx: ExecContext, call_next: Handler) -> None:
+    """Celery's task_prerun / postrun / success / failure / retry signals."""
+    task, req = ctx.task, ctx.req
+    if signals.task_prerun.receivers:
+        signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=req.args, kwargs=req.kwargs)
+    call_next(ctx)
+    if ctx.state == states.SUCCESS:
+        if signals.task_success.receivers:
+            signals.task_success.send(sender=task, result=ctx.retval)
+    elif ctx.state == states.FAILURE:
+        if signals.task_failure.receivers:
+            signals.task_failure.send(sender=task, task_id=req.id, exception=ctx.exc, args=req.args,
+                                      kwargs=req.kwargs, traceback=ctx.exc.__traceback__ if ctx.exc else None,
+                                      einfo=ctx.tb)
+    elif ctx.state == states.RETRY:
+        if signals.task_retry.receivers:
+            signals.task_retry.send(sender=task, request=req, reason=ctx.retry, einfo=ctx.tb)
+    elif ctx.state == states.REJECTED:
+        if signals.task_rejected.receivers:
+            signals.task_rejected.send(sender=task, message=ctx.message, exc=ctx.exc)
+    if signals.task_postrun.receivers:
+        signals.task_postrun.send(sender=task, task_id=req.id, task=task, args=req.args,
+                                  kwargs=req.kwargs, retval=ctx.retval if ctx.exc is None else ctx.exc,
+                                  state=ctx.state)
+
+
+def _extended(ctx: ExecContext) -> dict[str, Any] | None:
+    if not ctx.app.conf.result_extended:
+        return None
+    req = ctx.req
+    return {"name": ctx.task.name, "args": list(req.args), "kwargs": req.kwargs, "worker": ctx.hostname,
+            "retries": req.retries, "queue": (req.delivery_info or {}).get("routing_key"),
+            "date_started": getattr(req, "date_started", None)}
+
+
+def results_middleware(ctx: ExecContext, call_next: Handler) -> None:
+    """STARTED (with track_started) and the final state, as Celery's meta."""
+    task, req, conf = ctx.task, ctx.req, ctx.app.conf
+    ignore = req.ignore_result or (task.ignore_result if task.ignore_result is not None
+                                   else conf.task_ignore_result)
+    store_errors = task.store_errors_even_if_ignored if task.store_errors_even_if_ignored is not None \
+        else conf.task_store_errors_even_if_ignored
+    track = task.track_started if task.track_started is not None else conf.task_track_started
+    req.date_started = datetime.now(timezone.utc).isoformat()
+    if track and not ignore and not ctx.eager:
+        ctx.app.backend.store_meta(make_meta(req.id, states.STARTED, {"pid": _pid(), "hostname": ctx.hostname},
+                                             ready=False, extended=_extended(ctx)))
+    call_next(ctx)
+    state = ctx.state
+    if state in (states.IGNORED, states.REJECTED):
+        return
+    if ignore and not (store_errors and state == states.FAILURE):
+        return
+    if state == states.SUCCESS:
+        children = [c.as_tuple() for c in getattr(req, "children", None) or []]
+        ctx.metas.append(make_meta(req.id, state, ctx.retval, None, children, ready=True,
+                                   group_id=req.group, parent_id=req.parent_id, extended=_extended(ctx)))
+    elif state in (states.FAILURE, states.RETRY):
+        exc = ctx.exc
+        if state == states.RETRY and ctx.retry is not None and isinstance(ctx.retry.exc, BaseException):
+            exc = ctx.retry.exc
+        ctx.metas.append(make_meta(req.id, state, exception_to_dict(exc) if exc else None, ctx.tb,
+                                   ready=state == states.FAILURE, group_id=req.group,
+                                   parent_id=req.parent_id, extended=_extended(ctx)))
+
+
+def _pid() -> int:
+    import os
+    return os.getpid()
+
+
+def logging_middleware(ctx: ExecContext, call_next: Handler) -> None:
+    call_next(ctx)
+    task, req = ctx.task, ctx.req
+    name = req.shadow or task.name
+    if ctx.state == states.SUCCESS:
+        if logger.isEnabledFor(logging.INFO):
+            logger.info("Task %s[%s] succeeded in %.6fs: %s", name, req.id, ctx.runtime, safe_repr(ctx.retval))
+    elif ctx.state == states.FAILURE:
+        expected = task.throws and isinstance(ctx.exc, task.throws)
+        if expected:
+            logger.info("Task %s[%s] raised expected: %r", name, req.id, ctx.exc)
+        else:
+            logger.error("Task %s[%s] raised unexpected: %r\n%s", name, req.id, ctx.exc, (ctx.tb or "").rstrip())
+    elif ctx.state == states.RETRY:
+        logger.info("Task %s[%s] retry: %s", name, req.id, ctx.retry)
+    elif ctx.state == states.REJECTED:
+        logger.warning("Task %s[%s] rejected: %r", name, req.id, ctx.exc)
+    elif ctx.state == states.IGNORED:
+        logger.info("Task %s[%s] ignored", name, req.id)
+
+
+DEFAULT_MIDDLEWARE: list[Middleware] = [logging_middleware, results_middleware, signals_middleware,
+                                        hooks_middleware]
+
+
+def build_chain(middleware: Sequence[Middleware], terminal: Handler = call_task) -> Handler:
+    handler = terminal
+    for mw in reversed(middleware):
+        handler = (lambda m, nxt: lambda ctx: m(ctx, nxt))(mw, handler)
+    return handler
+
+
+def middleware_for(app: Celery) -> list[Middleware]:
+    extra = list(getattr(app, "middleware", []) or [])
+    return [*DEFAULT_MIDDLEWARE, *extra]
+
+
+# -- eager mode ----------------------------------------------------------------
+
+def run_eager(app: Celery, task: Task[Any, Any], args: list[Any], kwargs: dict[str, Any], task_id: str,
+              link: Any = None, link_error: Any = None, retries: int = 0, throw: bool | None = None,
+              **options: Any) -> EagerResult[Any]:
+    """``apply()``: the whole chain, here; retries run again inline as in Celery."""
+    from ..result import EagerResult
+    chain = build_chain(middleware_for(app))
+    propagate = app.conf.task_eager_propagates if throw is None else throw
+    while True:
+        parent = _state.current_task_request()
+        req = Context(id=task_id, task=task.name, args=args, kwargs=kwargs, retries=retries, is_eager=True,
+                      root_id=(parent.root_id if parent else None) or task_id,
+                      parent_id=parent.id if parent else None, hostname="eager", children=[],
+                      callbacks=link, errbacks=link_error, delivery_info={"routing_key": None},
+                      ignore_result=bool(options.get("ignore_result")))
+        ctx = ExecContext(app, task, req, None, "eager", eager=True)
+        chain(ctx)
+        if ctx.metas and app.conf.task_store_eager_result:
+            app.backend.store_metas(ctx.metas)
+        if ctx.state == states.RETRY and ctx.retry is not None and ctx.retry.sig is not None:
+            args, kwargs, retries = ctx.retry.sig
+            continue
+        break
+    if ctx.state == states.FAILURE and propagate and ctx.exc is not None:
+        raise ctx.exc
+    value = ctx.retval if ctx.state == states.SUCCESS else ctx.exc
+    return EagerResult(task_id, value, ctx.state, ctx.tb, name=task.name, app=app)

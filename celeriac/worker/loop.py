@@ -1,0 +1,211 @@
+"""The work loop of one consumer: fetch a batch, run each task, store results and
+ack in batches.  Solo runs one loop; threads run one loop per thread; prefork runs
+one loop per child process (so children fetch for themselves: no hand-off).
+
+Results are stored *before* messages are acked, so a crash in between re-runs a
+task rather than losing its result.  Completed work is flushed at least every
+``FLUSH_SECONDS`` and whenever the local batch is exhausted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from .. import states
+from ..brokers.base import Delivery
+from ..exceptions import OperationalError, SoftTimeLimitExceeded
+from .consumer import Consumer
+from .execute import ExecContext, build_chain, context_from_message, middleware_for
+
+if TYPE_CHECKING:
+    from ..app import Celery
+
+logger = logging.getLogger("celeriac.worker")
+FLUSH_SECONDS = 0.05
+FLUSH_COUNT = 200
+
+
+class Slot:
+    """What a process is running, readable by its supervisor without a syscall."""
+
+    def __init__(self) -> None:
+        self.nums = multiprocessing.RawArray(ctypes.c_double, 5)  # start, hard deadline, acks_late, done, busy
+        self.tid = multiprocessing.RawArray(ctypes.c_char, 64)
+        self.name = multiprocessing.RawArray(ctypes.c_char, 200)
+
+    def set(self, task_id: str, name: str, hard_deadline: float, acks_late: bool) -> None:
+        self.tid.value = task_id.encode()[:63]
+        self.name.value = name.encode()[:199]
+        self.nums[0] = time.time()
+        self.nums[1] = hard_deadline
+        self.nums[2] = 1.0 if acks_late else 0.0
+        self.nums[4] = 1.0
+
+    def clear(self) -> None:
+        self.nums[4] = 0.0
+        self.nums[3] += 1
+
+    def running(self) -> tuple[str, str, float, float, bool] | None:
+        if not self.nums[4]:
+            return None
+        return (self.tid.value.decode(), self.name.value.decode(), self.nums[0], self.nums[1],
+                bool(self.nums[2]))
+
+    @property
+    def done(self) -> int:
+        return int(self.nums[3])
+
+
+def _on_soft_limit(signum: int, frame: Any) -> None:
+    raise SoftTimeLimitExceeded()
+
+
+class WorkLoop:
+    def __init__(self, app: Celery, queues: Sequence[str], consumer_id: str, hostname: str,
+                 prefetch: int, slot: Slot | None = None, max_tasks: int | None = None,
+                 in_main_thread: bool = False) -> None:
+        self.app = app
+        self.consumer = Consumer(app, queues, consumer_id, hostname)
+        self.hostname = hostname
+        self.prefetch = max(1, prefetch)
+        self.slot = slot
+        self.max_tasks = max_tasks
+        self.in_main_thread = in_main_thread
+        self.chain = build_chain(middleware_for(app))
+        self.stop_event = threading.Event()
+        self.processed = 0
+        conf = app.conf
+        self.default_limits = (conf.task_time_limit, conf.task_soft_time_limit)
+        self.default_acks_late = bool(conf.task_acks_late)
+        self.acks_on_failure = conf.task_acks_on_failure_or_timeout
+        if in_main_thread:
+            signal.signal(signal.SIGALRM, _on_soft_limit)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # -- main loop -------------------------------------------------------------
+    def run(self) -> None:
+        consumer = self.consumer
+        consumer.start_heartbeat()
+        metas: list[dict[str, Any]] = []
+        acks: list[Delivery] = []
+        requeues: list[Delivery] = []
+        batch: list[Delivery] = []
+        last_flush = time.monotonic()
+        backoff = 0.0
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    batch = consumer.fetch(self.prefetch, timeout=1.0)
+                    backoff = 0.0
+                except OperationalError as exc:
+                    backoff = min(backoff * 2 or 0.5, 10.0)
+                    logger.error("Cannot fetch from the broker, retrying in %.1fs: %s", backoff, exc)
+                    self.stop_event.wait(backoff)
+                    continue
+                while batch:
+                    delivery = batch.pop(0)
+                    if self.stop_event.is_set():
+                        batch.insert(0, delivery)
+                        break
+                    self._process(delivery, metas, acks, requeues)
+                    now = time.monotonic()
+                    if not batch or len(acks) >= FLUSH_COUNT or now - last_flush > FLUSH_SECONDS:
+                        self._flush(metas, acks, requeues)
+                        last_flush = now
+                    if self.max_tasks and self.processed >= self.max_tasks:
+                        self.stop_event.set()
+                self._flush(metas, acks, requeues)
+        finally:
+            consumer.stop()
+            self._flush(metas, acks, requeues)
+            unfinished = batch
+            if unfinished:
+                try:
+                    self.app.broker.requeue(unfinished)
+                except Exception as exc:
+                    logger.error("Could not give back %d prefetched messages: %r", len(unfinished), exc)
+
+    def _flush(self, metas: list[dict[str, Any]], acks: list[Delivery], requeues: list[Delivery]) -> None:
+        while True:
+            try:
+                if metas:
+                    self.app.backend.store_metas(metas)
+                    metas.clear()
+                if acks:
+                    self.app.broker.ack(acks)
+                    acks.clear()
+                if requeues:
+                    self.app.broker.requeue(requeues)
+                    requeues.clear()
+                return
+            except NotImplementedError:
+                metas.clear()  # no result backend configured
+            except OperationalError as exc:
+                if self.stop_event.is_set() and not self._cold():
+                    logger.error("Broker unreachable while stopping: %s", exc)
+                logger.error("Cannot store results or ack, retrying: %s", exc)
+                time.sleep(1.0)
+
+    def _cold(self) -> bool:
+        return False
+
+    # -- one task --------------------------------------------------------------
+    def _process(self, delivery: Delivery, metas: list[dict[str, Any]], acks: list[Delivery],
+                 requeues: list[Delivery]) -> None:
+        prepared = self.consumer.prepare(delivery)
+        if prepared is None:
+            return
+        msg, task = prepared
+        app = self.app
+        acks_late = task.acks_late if task.acks_late is not None else self.default_acks_late
+        if delivery.started and not acks_late:
+            # A previous holder started it and died: ack-on-start means it must not run twice.
+            from ..exceptions import WorkerLostError
+            from ..protocol.results import exception_to_dict, make_meta
+            logger.error("Task %s[%s] was started by a worker that died; not running it again "
+                         "(set acks_late=True to re-run such tasks)", msg.task, msg.id)
+            metas.append(make_meta(msg.id, states.FAILURE, exception_to_dict(
+                WorkerLostError("Worker exited prematurely while running the task.")), ready=True))
+            acks.append(delivery)
+            return
+        req = context_from_message(msg, self.hostname, delivery.queue, delivery.redelivered)
+        ctx = ExecContext(app, task, req, msg, self.hostname)
+        hard, soft = msg.timelimit
+        hard = hard if hard is not None else (task.time_limit if task.time_limit is not None else self.default_limits[0])
+        soft = soft if soft is not None else (task.soft_time_limit if task.soft_time_limit is not None
+                                              else self.default_limits[1])
+        if self.slot is not None:
+            self.slot.set(msg.id, msg.task, time.time() + hard if hard else 0.0, acks_late)
+        self.consumer.mark_running(delivery)
+        timer = bool(soft and self.in_main_thread)
+        if timer:
+            signal.setitimer(signal.ITIMER_REAL, float(soft))
+        try:
+            self.chain(ctx)
+        finally:
+            if timer:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            self.consumer.mark_running(None)
+            if self.slot is not None:
+                self.slot.clear()
+        self.processed += 1
+        metas.extend(ctx.metas)
+        if ctx.state == states.REJECTED:
+            if ctx.reject_requeue:
+                requeues.append(delivery)
+            else:
+                delivery.reject(f"Rejected by task: {getattr(ctx.exc, 'reason', ctx.exc)!r}")
+            return
+        if ctx.state == states.FAILURE and acks_late and self.acks_on_failure is False:
+            requeues.append(delivery)
+            return
+        acks.append(delivery)

@@ -1,0 +1,221 @@
+"""Prefork supervision: spawn children (each a WorkLoop with its own consumer),
+restart the ones that die, recycle after N tasks or M MiB, kill on the hard time
+limit, and settle the messages of a child that died.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .. import signals, states
+from ..exceptions import TimeLimitExceeded, WorkerLostError
+from ..protocol.results import exception_to_dict, make_meta
+from .loop import Slot, WorkLoop
+
+if TYPE_CHECKING:
+    from ..app import Celery
+
+logger = logging.getLogger("celeriac.worker")
+_ctx = multiprocessing.get_context("fork")
+
+
+@dataclass
+class Child:
+    index: int
+    process: Any
+    consumer_id: str
+    slot: Slot
+    started: float
+    killed_for_limit: bool = False
+
+
+def _rss_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def child_main(app: Celery, index: int, queues: Sequence[str], consumer_id: str, hostname: str,
+               prefetch: int, slot: Slot, max_tasks: int | None, redirect: bool) -> None:
+    multiprocessing.current_process().name = f"ForkPoolWorker-{index}"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    loop = WorkLoop(app, queues, consumer_id, hostname, prefetch, slot=slot, max_tasks=max_tasks,
+                    in_main_thread=True)
+    signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    if redirect:
+        from .logs import redirect_stdouts
+        redirect_stdouts(app)
+    signals.worker_process_init.send(sender=None)
+    try:
+        loop.run()
+    finally:
+        signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
+        sys.stdout.flush()
+
+
+class Supervisor:
+    def __init__(self, app: Celery, queues: Sequence[str], concurrency: int, hostname: str,
+                 prefetch: int, max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None, autoscale: tuple[int, int] | None = None,
+                 redirect_stdouts: bool = True) -> None:
+        self.app = app
+        self.queues = list(queues)
+        self.concurrency = concurrency
+        self.hostname = hostname
+        self.prefetch = prefetch
+        self.max_tasks = max_tasks_per_child
+        self.max_memory = max_memory_per_child
+        self.autoscale = autoscale
+        self.redirect = redirect_stdouts
+        self.children: dict[int, Child] = {}
+        self.run_id = uuid.uuid4().hex[:8]
+        self.warm = False
+        self.cold = False
+        self._gen = 0
+        self.processed = 0
+        self._last_busy = time.monotonic()
+
+    # -- processes -------------------------------------------------------------
+    def _spawn(self, index: int) -> None:
+        self._gen += 1
+        consumer_id = f"{self.hostname}/{self.run_id}/{index}.{self._gen}"
+        slot = Slot()
+        signals.worker_before_create_process.send(sender=self)
+        proc = _ctx.Process(target=child_main, name=f"ForkPoolWorker-{index}",
+                            args=(self.app, index, self.queues, consumer_id, self.hostname, self.prefetch,
+                                  slot, self.max_tasks, self.redirect), daemon=False)
+        proc.start()
+        self.children[index] = Child(index, proc, consumer_id, slot, time.monotonic())
+
+    def start(self) -> None:
+        initial = self.autoscale[1] if self.autoscale else self.concurrency
+        for i in range(1, max(initial, 1) + 1):
+            self._spawn(i)
+
+    def grow(self, n: int = 1) -> int:
+        for _ in range(n):
+            index = 1
+            while index in self.children:
+                index += 1
+            self._spawn(index)
+        return len(self.children)
+
+    def shrink(self, n: int = 1) -> int:
+        idle = [c for c in self.children.values() if c.slot.running() is None]
+        for child in (idle or list(self.children.values()))[:n]:
+            if len(self.children) <= 1:
+                break
+            os.kill(child.process.pid, signal.SIGTERM)
+            child.process.join(10)
+            self._settle(child, exited_cleanly=True)
+            del self.children[child.index]
+        return len(self.children)
+
+    # -- supervision -----------------------------------------------------------
+    def tick(self) -> None:
+        now = time.time()
+        for index, child in list(self.children.items()):
+            proc = child.process
+            running = child.slot.running()
+            if running and running[3] and now > running[3] and proc.exitcode is None:
+                logger.error("Hard time limit (%.1fs) exceeded for %s[%s]",
+                             running[3] - running[2], running[1], running[0])
+                child.killed_for_limit = True
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.join(5)
+            if proc.exitcode is not None:
+                self.processed += child.slot.done
+                self._settle(child, exited_cleanly=proc.exitcode == 0 and not child.killed_for_limit)
+                del self.children[index]
+                if not self.warm and not self.cold:
+                    if proc.exitcode != 0 and not child.killed_for_limit:
+                        logger.error("Process ForkPoolWorker-%d (pid %d) exited with code %s; replacing it",
+                                     index, proc.pid, proc.exitcode)
+                    self._spawn(index)
+                continue
+            if self.max_memory and running is None and _rss_kib(proc.pid) > self.max_memory:
+                logger.warning("ForkPoolWorker-%d uses more than %d KiB; recycling it", index, self.max_memory)
+                os.kill(proc.pid, signal.SIGTERM)
+        if self.autoscale and not self.warm:
+            self._autoscale()
+
+    def _autoscale(self) -> None:
+        assert self.autoscale is not None
+        high, low = self.autoscale
+        busy = sum(1 for c in self.children.values() if c.slot.running() is not None)
+        n = len(self.children)
+        if busy >= n and n < high:
+            try:
+                backlog = sum(self.app.broker.stats(q).ready for q in self.queues)
+            except Exception:
+                backlog = 0
+            if backlog:
+                self.grow(min(high - n, max(1, backlog // max(self.prefetch, 1))))
+                logger.info("Autoscale: grew the pool to %d processes", len(self.children))
+        if busy:
+            self._last_busy = time.monotonic()
+        elif n > low and time.monotonic() - self._last_busy > 10.0:
+            self.shrink(n - low)
+            logger.info("Autoscale: shrank the pool to %d processes", len(self.children))
+
+    def _settle(self, child: Child, exited_cleanly: bool) -> None:
+        """Give back what a gone child held; record a failure for the task it was running."""
+        broker, backend = self.app.broker, self.app.backend
+        running = child.slot.running()
+        try:
+            held = broker.leased(child.consumer_id)
+        except Exception as exc:
+            logger.error("Cannot list the messages of a dead process: %r", exc)
+            held = []
+        give_back = []
+        for d in held:
+            tid = d.envelope.headers.get("id")
+            if running and tid == running[0] and not exited_cleanly:
+                task = self.app.tasks.get(running[1])
+                reject = task is not None and task.reject_on_worker_lost is not False and running[4]
+                if self.cold or reject:
+                    give_back.append(d)  # acks_late: it runs again on a live process
+                    continue
+                exc: BaseException = (TimeLimitExceeded(running[3] - running[2]) if child.killed_for_limit
+                                      else WorkerLostError(f"Worker exited prematurely: signal "
+                                                           f"{-child.process.exitcode if child.process.exitcode and child.process.exitcode < 0 else child.process.exitcode}."))
+                logger.error("Task %s[%s] failed: %r", running[1], running[0], exc)
+                try:
+                    backend.store_meta(make_meta(tid, states.FAILURE, exception_to_dict(exc), None, ready=True))
+                except NotImplementedError:
+                    pass
+                d.ack()
+            else:
+                give_back.append(d)
+        if give_back:
+            broker.requeue(give_back)
+        broker.release_consumer(child.consumer_id)
+
+    def stop(self, cold: bool = False) -> None:
+        self.warm = True
+        self.cold = cold
+        for child in self.children.values():
+            if child.process.exitcode is None:
+                os.kill(child.process.pid, signal.SIGKILL if cold else signal.SIGTERM)
+
+    def join(self) -> None:
+        while self.children:
+            self.tick()
+            if self.children:
+                time.sleep(0.05)
+
+    def info(self) -> dict[str, Any]:
+        return {"max-concurrency": self.concurrency, "processes": [c.process.pid for c in self.children.values()],
+                "autoscale": list(self.autoscale) if self.autoscale else None}
