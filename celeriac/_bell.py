@@ -14,6 +14,7 @@ import select
 import socket
 import tempfile
 import threading
+import weakref
 
 
 class Bell:
@@ -44,6 +45,7 @@ class Bell:
         if self._sender is None or self._pid != os.getpid():
             self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self._sender.setblocking(False)
+            weakref.finalize(self, self._sender.close)
             self._pid = os.getpid()
         for path in self._listing:
             if path == self._path:
@@ -68,6 +70,7 @@ class Bell:
                 pass
             sock.bind(path)
             sock.setblocking(False)
+            weakref.finalize(self, _close_and_unlink, sock, path, os.getpid())
             self._sock, self._path, self._pid = sock, path, os.getpid()
             self._sender = None
         return self._sock
@@ -109,3 +112,12 @@ class Bell:
                         pass
             self._sock = None
             self._path = None
+
+
+def _close_and_unlink(sock: socket.socket, path: str, pid: int) -> None:
+    sock.close()
+    if os.getpid() == pid:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

@@ -1,0 +1,96 @@
+"""Helpers for tests that run real worker processes through the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(path: Path, source: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source))
+    return path
+
+
+def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT)])
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(tmp_path: Path, *args: str, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "celeriac.cli.main", *args], cwd=tmp_path,
+                          env=env_for(tmp_path, **env), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05,
+             message: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+class WorkerProcess:
+    """``celeriac -A <app> worker ...`` as a subprocess, its log in a file."""
+
+    def __init__(self, tmp_path: Path, app: str, *args: str, app_before: bool = True,
+                 ready: bool = True, **env: str) -> None:
+        self.log_path = tmp_path / f"worker-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "w")
+        cmd = [sys.executable, "-m", "celeriac.cli.main"]
+        cmd += ["-A", app, "worker", *args] if app_before else ["worker", "-A", app, *args]
+        self.proc = subprocess.Popen(cmd, cwd=tmp_path, env=env_for(tmp_path, **env),
+                                     stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        if ready:
+            wait_for(lambda: "ready." in self.log() or self.proc.poll() is not None, 60, message="worker ready")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker exited early ({self.proc.returncode}):\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill_all(self) -> None:
+        """SIGKILL the whole process group (main process and children)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill_all()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+        else:
+            self._log.close()
