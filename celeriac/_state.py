@@ -7,6 +7,7 @@ Kept in one place and used only where Celery's API has no app argument
 from __future__ import annotations
 
 import threading
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -14,7 +15,11 @@ if TYPE_CHECKING:
 
 _current_app: Celery | None = None
 _lock = threading.Lock()
-_task_stack = threading.local()
+# The stack of executing task requests, as linked pairs (top, rest).  A context
+# variable, not a thread-local: each asyncio task sees its own request, and a
+# thread sees its own as before.  Pairs are immutable, so a context copied into
+# a new asyncio task never shares a mutable stack with its parent.
+_request_stack: ContextVar[tuple[Any, Any] | None] = ContextVar("celeriac_request_stack", default=None)
 shared_task_constructors: list[Any] = []
 
 
@@ -33,17 +38,16 @@ def get_current_app() -> Celery:
 
 
 def current_task_request() -> Any:
-    """The request of the task executing in this thread (None outside tasks)."""
-    stack = getattr(_task_stack, "stack", None)
-    return stack[-1] if stack else None
+    """The request of the task executing in this thread or asyncio task (None outside tasks)."""
+    top = _request_stack.get()
+    return top[0] if top is not None else None
 
 
 def push_request(req: Any) -> None:
-    stack = getattr(_task_stack, "stack", None)
-    if stack is None:
-        stack = _task_stack.stack = []
-    stack.append(req)
+    _request_stack.set((req, _request_stack.get()))
 
 
 def pop_request() -> None:
-    _task_stack.stack.pop()
+    top = _request_stack.get()
+    if top is not None:
+        _request_stack.set(top[1])
