@@ -83,6 +83,18 @@ class QueueStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class Subscription(abc.ABC):
+    """A reader of broadcasts (or of one reply queue), made by ``subscribe_broadcast`` /
+    ``subscribe_replies``; it sees what is sent after it was made."""
+
+    @abc.abstractmethod
+    def get(self, timeout: float) -> list[bytes]:
+        """Payloads received since the last call; waits up to ``timeout`` for the first."""
+
+    def close(self) -> None:
+        """Stop receiving (a reply queue is deleted)."""
+
+
 class Broker(abc.ABC):
     capabilities = Capabilities()
 
@@ -164,9 +176,33 @@ class Broker(abc.ABC):
     def size(self, queue: str) -> int:
         return self.stats(queue).ready
 
+    # -- broadcast, replies and revoked ids (remote control) --------------------
+    def broadcast(self, channel: str, payload: bytes, ttl: float | None = None) -> None:
+        """Deliver ``payload`` to every current subscriber of ``channel`` (fan-out, at most
+        once); subscribers drop it after ``ttl`` seconds."""
+        raise OperationalError(f"{type(self).__name__} has no broadcast (remote control)")
+
+    def subscribe_broadcast(self, channel: str) -> Subscription:
+        raise OperationalError(f"{type(self).__name__} has no broadcast (remote control)")
+
+    def reply(self, queue: str, payload: bytes, ticket: str | None = None) -> None:
+        """Send one reply to the reply queue ``queue`` (read by ``subscribe_replies``)."""
+        raise OperationalError(f"{type(self).__name__} has no broadcast (remote control)")
+
+    def subscribe_replies(self, queue: str) -> Subscription:
+        """Declare the reply queue ``queue`` and read it; ``close()`` deletes it."""
+        raise OperationalError(f"{type(self).__name__} has no broadcast (remote control)")
+
+    def store_revoked(self, task_ids: Sequence[str], expires: float) -> None:
+        """Remember revoked task ids for ``expires`` seconds (workers load them at start)."""
+
+    def load_revoked(self) -> list[str]:
+        """The revoked task ids not yet expired."""
+        return []
+
 
 def now() -> float:
     return time.time()
 
 __all__ = ["Broker", "Capabilities", "DeadLetter", "Delivery", "OperationalError", "PublishItem",
-           "QueueStats", "DEFAULT_LEASE_SECONDS"]
+           "QueueStats", "Subscription", "DEFAULT_LEASE_SECONDS"]

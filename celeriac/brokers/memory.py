@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol.message import Envelope
+from .memory_control import MemoryControlMixin
 from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats
 
 
@@ -30,8 +31,8 @@ class _Msg:
     started: bool = False
 
 
-class MemoryBroker(Broker):
-    capabilities = Capabilities(native_delay=True, priority=True, broadcast=False,
+class MemoryBroker(MemoryControlMixin, Broker):
+    capabilities = Capabilities(native_delay=True, priority=True, broadcast=True,
                                 global_rate_limit=True, leases=True)
     _shared: dict[str, tuple[dict[int, _Msg], list[DeadLetter], threading.Condition]] = {}
 

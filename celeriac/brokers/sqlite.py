@@ -17,6 +17,7 @@ from typing import Any
 from .._bell import Bell
 from .._sqlite import SQLiteDB, sqlite_path
 from ..protocol.message import from_kombu_json, to_kombu_json
+from .sqlite_control import SQLiteControlMixin
 from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats
 
 READY, LEASED, DELAYED = 0, 1, 2
@@ -77,8 +78,8 @@ Q_STATS = "SELECT state, COUNT(*) FROM celeriac_messages WHERE queue = ? GROUP B
 Q_PURGE = "DELETE FROM celeriac_messages WHERE queue = ? AND state IN (0, 2)"
 
 
-class SQLiteBroker(Broker):
-    capabilities = Capabilities(native_delay=True, priority=True, broadcast=False,
+class SQLiteBroker(SQLiteControlMixin, Broker):
+    capabilities = Capabilities(native_delay=True, priority=True, broadcast=True,
                                 global_rate_limit=True, leases=True)
 
     def __init__(self, url: str, **kwargs: Any) -> None:
@@ -92,6 +93,7 @@ class SQLiteBroker(Broker):
         self.db.conn()
 
     def close(self) -> None:
+        self._close_control()
         self.bell.close()
         self.db.close()
 
