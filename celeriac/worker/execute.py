@@ -85,23 +85,30 @@ def call_task(ctx: ExecContext) -> None:
             from .aio import run_coroutine
             ctx.retval = run_coroutine(ctx.retval, ctx)
         ctx.state = states.SUCCESS
-    except Retry as exc:
+    except BaseException as exc:  # noqa: BLE001 - everything a task raises is its outcome
+        record_exception(ctx, exc)
+    finally:
+        ctx.runtime = time.monotonic() - ctx.started_at
+        _state.pop_request()
+
+
+def record_exception(ctx: ExecContext, exc: BaseException) -> None:
+    """Record on ``ctx`` the outcome of a task that raised ``exc``.  Call it inside the
+    ``except`` block (the traceback is taken from there); shared with the asyncio pool."""
+    if isinstance(exc, Retry):
         ctx.state, ctx.retry, ctx.exc = states.RETRY, exc, exc
         ctx.tb = traceback.format_exc()
-    except Ignore as exc:
+    elif isinstance(exc, Ignore):
         ctx.state, ctx.exc = states.IGNORED, exc
-    except Reject as exc:
+    elif isinstance(exc, Reject):
         ctx.state, ctx.exc, ctx.reject_requeue = states.REJECTED, exc, exc.requeue
-    except BaseException as exc:  # noqa: BLE001 - everything a task raises is its outcome
+    else:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not ctx.eager:
-            raise
+            raise exc
         ctx.exc = exc
         ctx.tb = traceback.format_exc()
         ctx.state = states.FAILURE
         _maybe_autoretry(ctx, exc)
-    finally:
-        ctx.runtime = time.monotonic() - ctx.started_at
-        _state.pop_request()
 
 
 def _maybe_autoretry(ctx: ExecContext, exc: BaseException) -> None:
@@ -130,6 +137,10 @@ def _maybe_autoretry(ctx: ExecContext, exc: BaseException) -> None:
 def hooks_middleware(ctx: ExecContext, call_next: Handler) -> None:
     """Task methods on_success / on_failure / on_retry / after_return."""
     call_next(ctx)
+    hooks_after(ctx)
+
+
+def hooks_after(ctx: ExecContext, _: Any = None) -> None:
     task, req = ctx.task, ctx.req
     try:
         if ctx.state == states.SUCCESS:
@@ -148,10 +159,19 @@ def hooks_middleware(ctx: ExecContext, call_next: Handler) -> None:
 
 def signals_middleware(ctx: ExecContext, call_next: Handler) -> None:
     """Celery's task_prerun / postrun / success / failure / retry signals."""
-    task, req = ctx.task, ctx.req
-    if signals.task_prerun.receivers:
-        signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=req.args, kwargs=req.kwargs)
+    signals_before(ctx)
     call_next(ctx)
+    signals_after(ctx)
+
+
+def signals_before(ctx: ExecContext) -> None:
+    if signals.task_prerun.receivers:
+        task, req = ctx.task, ctx.req
+        signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=req.args, kwargs=req.kwargs)
+
+
+def signals_after(ctx: ExecContext, _: Any = None) -> None:
+    task, req = ctx.task, ctx.req
     if ctx.state == states.SUCCESS:
         if signals.task_success.receivers:
             signals.task_success.send(sender=task, result=ctx.retval)
@@ -183,6 +203,12 @@ def _extended(ctx: ExecContext) -> dict[str, Any] | None:
 
 def results_middleware(ctx: ExecContext, call_next: Handler) -> None:
     """STARTED (with track_started) and the final state, as Celery's meta."""
+    policy = results_before(ctx)
+    call_next(ctx)
+    results_after(ctx, policy)
+
+
+def results_before(ctx: ExecContext) -> tuple[bool, bool]:
     task, req, conf = ctx.task, ctx.req, ctx.app.conf
     ignore = req.ignore_result or (task.ignore_result if task.ignore_result is not None
                                    else conf.task_ignore_result)
@@ -193,8 +219,12 @@ def results_middleware(ctx: ExecContext, call_next: Handler) -> None:
     if track and not ignore and not ctx.eager:
         ctx.app.backend.store_meta(make_meta(req.id, states.STARTED, {"pid": _pid(), "hostname": ctx.hostname},
                                              ready=False, extended=_extended(ctx)))
-    call_next(ctx)
-    state = ctx.state
+    return ignore, store_errors
+
+
+def results_after(ctx: ExecContext, policy: tuple[bool, bool]) -> None:
+    ignore, store_errors = policy
+    req, state = ctx.req, ctx.state
     if state in (states.IGNORED, states.REJECTED):
         return
     if ignore and not (store_errors and state == states.FAILURE):
@@ -219,6 +249,10 @@ def _pid() -> int:
 
 def logging_middleware(ctx: ExecContext, call_next: Handler) -> None:
     call_next(ctx)
+    logging_after(ctx)
+
+
+def logging_after(ctx: ExecContext, _: Any = None) -> None:
     task, req = ctx.task, ctx.req
     name = req.shadow or task.name
     if ctx.state == states.SUCCESS:
@@ -240,6 +274,17 @@ def logging_middleware(ctx: ExecContext, call_next: Handler) -> None:
 
 DEFAULT_MIDDLEWARE: list[Middleware] = [logging_middleware, results_middleware, signals_middleware,
                                         hooks_middleware]
+
+#: Middleware cut in two at ``call_next``, as ``(before, after)``, for a runner that cannot
+#: nest a plain call around an ``await`` (the asyncio pool, see aio.py): ``before(ctx)`` runs
+#: ahead of the task, ``after(ctx, what_before_returned)`` behind it.  Middleware of other
+#: modules can add themselves here; the asyncio pool runs the others in a thread.
+PHASES: dict[Any, tuple[Callable[[ExecContext], Any] | None, Callable[[ExecContext, Any], None]]] = {
+    logging_middleware: (None, logging_after),
+    results_middleware: (results_before, results_after),
+    signals_middleware: (signals_before, signals_after),
+    hooks_middleware: (None, hooks_after),
+}
 
 
 def build_chain(middleware: Sequence[Middleware], terminal: Handler = call_task) -> Handler:
