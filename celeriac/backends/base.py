@@ -28,6 +28,31 @@ class StoredMeta:
     payload: bytes
 
 
+@dataclass(slots=True)
+class ChordPart:
+    task_id: str
+    state: str
+    result: Any         # the return value, or the exception dict for FAILURE
+
+
+@dataclass(slots=True)
+class ChordReady:
+    """What ``chord_join`` hands the one caller that completed a chord and claimed its body."""
+
+    token: str                  # pass to chord_cleanup once the body is sent
+    parts: list[ChordPart]      # in group_index order
+
+    @property
+    def results(self) -> list[Any]:
+        return [p.result for p in self.parts]
+
+
+#: How long a chord's body claim lasts (the claimer sends the body, then cleans up),
+#: and how long a finished chord stays marked "done" so late duplicates are ignored.
+CHORD_CLAIM_SECONDS = 60
+CHORD_DONE_SECONDS = 300
+
+
 class ResultBackend(abc.ABC):
     #: True when ``_wait`` is woken by writers (no polling needed).
     push_wakeups = False
@@ -68,6 +93,10 @@ class ResultBackend(abc.ABC):
 
     def prepare_wait(self, task_ids: Sequence[str]) -> None:
         """Called before a task is sent when its caller will wait (subscribe early)."""
+
+    def finish_wait(self, task_ids: Sequence[str]) -> None:
+        """The caller no longer waits for ``task_ids`` (undoes ``prepare_wait``)."""
+        return None
 
     # -- encoding --------------------------------------------------------------
     def encode(self, meta: dict[str, Any]) -> bytes:
@@ -148,6 +177,37 @@ class ResultBackend(abc.ABC):
 
     def delete_group(self, group_id: str) -> None:
         self._delete([group_key(group_id)])
+
+    # -- chords (celery-wire 3.7: size key, join with dedupe, one claim on the body) --
+    def chord_set_size(self, group_id: str, size: int) -> None:
+        """Record how many header results chord ``group_id`` waits for (before sending the header)."""
+        raise NotImplementedError(_NO_CHORDS.format(type(self).__name__))
+
+    def chord_join(self, group_id: str, task_id: str, group_index: int | None, state: str,
+                   result: Any) -> ChordReady | None:
+        """Count one finished header task, atomically and once per ``(task_id, group_index)``.
+
+        ``result`` is the return value (an exception in its dict form for FAILURE).
+        Returns the parts in ``group_index`` order to the one caller that completed
+        the chord and won the claim on its body, ``None`` to every other caller.
+        That caller sends the body, then calls ``chord_cleanup(group_id, ready.token)``.
+        """
+        raise NotImplementedError(_NO_CHORDS.format(type(self).__name__))
+
+    def chord_cleanup(self, group_id: str, token: str) -> None:
+        """Drop the chord's parts and mark it done, if ``token`` still holds the claim."""
+        raise NotImplementedError(_NO_CHORDS.format(type(self).__name__))
+
+    def encode_chord_part(self, task_id: str, state: str, result: Any) -> bytes:
+        """Celery's chord member: ``[1, task_id, state, result]`` in the result serializer."""
+        return codecs.dumps([1, task_id, state, result], self.serializer)[2]
+
+    def decode_chord_part(self, raw: bytes) -> ChordPart:
+        member: Any = self.decode(raw)
+        return ChordPart(member[1], member[2], member[3])
+
+
+_NO_CHORDS = "The {} result backend cannot join chords; use a redis://, sqlite:/// or memory:// backend"
 
 
 def group_key(group_id: str) -> str:

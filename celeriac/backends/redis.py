@@ -1,0 +1,563 @@
+"""Results in Redis, laid out exactly as Celery's Redis result backend lays them out.
+
+A Celery client reads what our workers store and the other way round (celery-wire.md §3).
+Keys (each preceded by ``result_backend_transport_options['global_keyprefix']``, to
+which ``_`` is appended unless it ends in one of ``: _ - .``, as Celery does)::
+
+    celery-task-meta-<task_id>        string: the meta JSON; TTL result_expires;
+                                      also the pub/sub channel its writes are published on
+    celery-taskset-meta-<group_id>    string: a saved GroupResult ({"result": <tuple>})
+    celery-taskset-meta-<gid>.j       zset: chord parts "[1, task_id, state, result]" by group_index
+    celery-taskset-meta-<gid>.d       set: "<task_id>:<group_index>" already counted (dedupe)
+    celery-taskset-meta-<gid>.c       string: the body claim token, then "done" for 300 s
+    celery-taskset-meta-<gid>.t       string int: tasks added to a running chord (read only)
+    celery-taskset-meta-<gid>.s       string int: the chord size
+
+Atomic steps are the Lua scripts next to this file: ``redis_store.lua`` (a batch of
+metas: SET with TTL + PUBLISH each, skipping ids whose stored status is SUCCESS),
+``redis_chord_join.lua`` and ``redis_chord_cleanup.lua`` (Celery 5.7's chord join).
+
+Waiting: each backend keeps, per process, one pub/sub connection read by a daemon
+thread (see ``_Listener``).  A waiter SUBSCRIBEs to its ids' channels (one channel
+per id, as Celery does), then GETs them once, then takes the metas straight from the
+published messages; it reads the keys again only after a reconnect, or every
+``RECHECK_SECONDS`` as a safety net.  So waiting for N results costs O(N) whatever
+order they finish in.  A PSUBSCRIBE to ``celery-task-meta-*`` would be simpler, but
+it delivers every result stored by every worker of the cluster to every waiting
+client, which costs far more than N channel subscriptions (a SUBSCRIBE is O(1) per
+channel on the server, and we send them 1,000 to a command).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import math
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from .. import states
+from .._redis_url import RedisConnection, connect, map_errors
+from ..exceptions import OperationalError, TimeoutError
+from .base import (
+    CHORD_CLAIM_SECONDS,
+    CHORD_DONE_SECONDS,
+    ChordReady,
+    ResultBackend,
+    StoredMeta,
+)
+
+TASK_KEY = "celery-task-meta-"
+GROUP_KEY = "celery-taskset-meta-"
+GROUP_ID_PREFIX = "taskset:"          # how ResultBackend names a group in _set_many/_get_many
+BATCH = 1000                          # ids per MGET / DEL / SUBSCRIBE / script call
+RECHECK_SECONDS = 5.0                 # a waiter re-reads its keys at least this often
+SUBSCRIBE_TIMEOUT = 10.0              # how long a waiter waits for Redis to confirm a SUBSCRIBE
+LISTENER_IDLE = 10.0                  # the listener wakes at least this often (lazy UNSUBSCRIBEs)
+EARLY_WAITS_MAX = 10_000              # ids subscribed by prepare_wait() without a wait yet
+
+
+def result_key_prefix(prefix: str | None) -> str:
+    """Celery's rule for the result backend's ``global_keyprefix``."""
+    if prefix and prefix[-1] not in ":_-.":
+        return prefix + "_"
+    return prefix or ""
+
+
+class _Script:
+    """A Lua file run with EVALSHA, loaded on first use (and again after SCRIPT FLUSH)."""
+
+    def __init__(self, filename: str) -> None:
+        self.source = Path(__file__).with_name(filename).read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+    def __call__(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.source)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    def many(self, client: redis.Redis, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
+        """Several calls in one round trip (a NOSCRIPT fails them all, so redoing them is safe)."""
+        if len(calls) == 1:
+            return [self(client, *calls[0])]
+        for attempt in (1, 2):
+            pipe = client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.evalsha(self.sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                client.script_load(self.source)
+        raise AssertionError("unreachable")
+
+
+STORE = _Script("redis_store.lua")
+CHORD_JOIN = _Script("redis_chord_join.lua")
+CHORD_CLEANUP = _Script("redis_chord_cleanup.lua")
+
+
+class _Mailbox:
+    """What one waiter receives: (channel, payload) pairs, and how many holds per channel."""
+
+    __slots__ = ("items", "counts")
+
+    def __init__(self) -> None:
+        self.items: list[tuple[bytes, bytes]] = []
+        self.counts: dict[bytes, int] = {}
+
+
+class _Request:
+    """A SUBSCRIBE batch whose confirmations a waiter is waiting for."""
+
+    __slots__ = ("remaining", "event", "followers", "reconnect")
+
+    def __init__(self, remaining: int, reconnect: bool = False) -> None:
+        self.remaining = remaining
+        self.event = threading.Event()
+        self.followers: list[_Request] = []
+        self.reconnect = reconnect
+
+
+class _Listener:
+    """One pub/sub connection for one backend in one process, owned by a daemon thread.
+
+    Waiters register a ``_Mailbox`` for their channels; the thread appends each
+    published message to the mailboxes of its channel and wakes them.  To subscribe, a
+    waiter queues the SUBSCRIBE, wakes the thread with a PUBLISH on the listener's own
+    channel, and returns once Redis confirmed every channel — so a GET it sends
+    afterwards cannot miss a write.  Channels nobody waits for are unsubscribed lazily.
+    After a lost connection the thread reconnects, subscribes every wanted channel
+    again, then bumps ``generation``, telling waiters to read their keys again.
+    """
+
+    def __init__(self, client: redis.Redis, wake_channel: bytes, where: str) -> None:
+        self.client = client
+        self.wake = wake_channel
+        self.where = where
+        self.pid = os.getpid()
+        self.cond = threading.Condition()
+        self.boxes: dict[bytes, set[_Mailbox]] = {}           # channel -> its waiters
+        self.outbox: deque[tuple[str, list[bytes], _Request | None]] = deque()
+        self.inflight: deque[list[Any]] = deque()             # [request, confirmations left in batch]
+        self.orphans: list[_Request] = []                     # requests a reconnect will confirm
+        self.generation = 0
+        self.error: BaseException | None = None
+        self.stopping = False
+        self.pubsub: Any = None
+        self.thread: threading.Thread | None = None
+        self._connected_once = False
+
+    # -- called by waiters ---------------------------------------------------------
+    def subscribe(self, box: _Mailbox, channels: Sequence[bytes]) -> None:
+        with self.cond:
+            new = []
+            for ch in channels:
+                n = box.counts.get(ch, 0)
+                box.counts[ch] = n + 1
+                if n == 0:
+                    waiters = self.boxes.setdefault(ch, set())
+                    waiters.add(box)
+                    if len(waiters) == 1:
+                        new.append(ch)
+            if not new:
+                return
+            req = _Request(len(new))
+            for i in range(0, len(new), BATCH):
+                self.outbox.append(("SUBSCRIBE", new[i:i + BATCH], req))
+            self._start()
+        with map_errors(f"Redis result backend at {self.where}"):
+            self.client.publish(self.wake, b"")
+        if not req.event.wait(SUBSCRIBE_TIMEOUT):
+            self.unsubscribe(box, channels)
+            raise OperationalError(f"Redis result backend at {self.where}: no SUBSCRIBE confirmation "
+                                   f"within {SUBSCRIBE_TIMEOUT:g}s ({self.error!r})")
+
+    def unsubscribe(self, box: _Mailbox, channels: Sequence[bytes]) -> None:
+        with self.cond:
+            gone = []
+            for ch in channels:
+                n = box.counts.get(ch, 0)
+                if n > 1:
+                    box.counts[ch] = n - 1
+                    continue
+                if n == 0:
+                    continue
+                del box.counts[ch]
+                waiters = self.boxes.get(ch)
+                if waiters is not None:
+                    waiters.discard(box)
+                    if not waiters:
+                        del self.boxes[ch]
+                        gone.append(ch)
+            if not box.counts:
+                box.items.clear()
+            for i in range(0, len(gone), BATCH):
+                self.outbox.append(("UNSUBSCRIBE", gone[i:i + BATCH], None))
+
+    def wait(self, box: _Mailbox, timeout: float, generation: int) -> None:
+        """Until ``box`` has messages, a reconnect happened, or ``timeout``."""
+        end = time.monotonic() + timeout
+        with self.cond:
+            while not box.items and self.generation == generation and not self.stopping:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return
+                self.cond.wait(left)
+
+    def take(self, box: _Mailbox) -> list[tuple[bytes, bytes]]:
+        with self.cond:
+            items, box.items = box.items, []
+            return items
+
+    # -- the thread ----------------------------------------------------------------
+    def _start(self) -> None:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._run, name="celeriac-redis-results", daemon=True)
+            self.thread.start()
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+            thread = self.thread
+        if thread is None:
+            return
+        try:
+            self.client.publish(self.wake, b"")
+        except redis.exceptions.RedisError:
+            pass
+        thread.join(2.0)
+        if thread.is_alive():   # blocked on a dead server: break its read
+            ps = self.pubsub
+            conn = getattr(ps, "connection", None)
+            if conn is not None:
+                conn.disconnect()
+            thread.join(5.0)
+
+    def _run(self) -> None:
+        backoff = 0.05
+        while not self.stopping:
+            try:
+                if self.pubsub is None:
+                    self._open()
+                    backoff = 0.05
+                self._flush()
+                batch = []
+                msg = self.pubsub.get_message(timeout=LISTENER_IDLE)
+                while msg is not None:
+                    batch.append(msg)
+                    if len(batch) >= 1000:
+                        break
+                    msg = self.pubsub.get_message(timeout=0)
+                if batch:
+                    self._dispatch(batch)
+            except Exception as exc:  # any failure of the connection: start over
+                self._lost(exc)
+                with self.cond:
+                    if not self.stopping:
+                        self.cond.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+        self._close_pubsub()
+
+    def _open(self) -> None:
+        self.pubsub = self.client.pubsub()
+        with self.cond:
+            # Subscribe every wanted channel; this covers whatever was queued or
+            # unconfirmed, whose waiters are released when it is confirmed.
+            channels = [self.wake, *self.boxes]
+            req = _Request(len(channels), reconnect=self._connected_once)
+            for r in self.orphans + [r for _op, _chs, r in self.outbox if r is not None]:
+                req.followers += [r, *r.followers]
+            self.orphans = []
+            self.outbox.clear()
+            for i in range(0, len(channels), BATCH):
+                self.outbox.append(("SUBSCRIBE", channels[i:i + BATCH], req))
+            self._connected_once = True
+
+    def _flush(self) -> None:
+        with self.cond:
+            items = list(self.outbox)
+            self.outbox.clear()
+            for op, channels, req in items:
+                if op == "SUBSCRIBE":
+                    self.inflight.append([req, len(channels)])
+        for op, channels, _req in items:
+            if op == "SUBSCRIBE":
+                self.pubsub.subscribe(*channels)
+            else:
+                self.pubsub.unsubscribe(*channels)
+
+    def _dispatch(self, batch: list[dict[str, Any]]) -> None:
+        with self.cond:
+            for msg in batch:
+                kind = msg["type"]
+                if kind == "message":
+                    channel = msg["channel"]
+                    if channel == self.wake:
+                        continue
+                    for box in self.boxes.get(channel, ()):
+                        box.items.append((channel, msg["data"]))
+                elif kind == "subscribe" and self.inflight:
+                    head = self.inflight[0]
+                    head[1] -= 1
+                    req: _Request = head[0]
+                    req.remaining -= 1
+                    if head[1] <= 0:
+                        self.inflight.popleft()
+                    if req.remaining <= 0:
+                        self._complete(req)
+            self.cond.notify_all()
+
+    def _complete(self, req: _Request) -> None:
+        if req.reconnect:
+            self.generation += 1
+        self.error = None
+        req.event.set()
+        for other in req.followers:
+            other.event.set()
+
+    def _lost(self, exc: BaseException) -> None:
+        self._close_pubsub()
+        with self.cond:
+            self.error = exc
+            self.orphans += [item[0] for item in self.inflight]
+            self.orphans += [r for _op, _chs, r in self.outbox if r is not None]
+            self.inflight.clear()
+            self.outbox.clear()
+            self.cond.notify_all()
+
+    def _close_pubsub(self) -> None:
+        ps, self.pubsub = self.pubsub, None
+        if ps is not None:
+            try:
+                ps.close()
+            except Exception:
+                pass
+
+
+class RedisBackend(ResultBackend):
+    push_wakeups = True
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.prefix = result_key_prefix(self.options.get("global_keyprefix"))
+        self._conn: RedisConnection = connect(url, self.options)
+        self.client = self._conn.client
+        self.where = self._conn.where
+        self._listener_obj: _Listener | None = None
+        self._listener_lock = threading.Lock()
+        self._local = threading.local()
+
+    # -- keys ----------------------------------------------------------------------
+    def key_for(self, task_id: str) -> str:
+        """``celery-task-meta-<id>``, or ``celery-taskset-meta-<gid>`` for ``taskset:<gid>``."""
+        if task_id.startswith(GROUP_ID_PREFIX):
+            return f"{self.prefix}{GROUP_KEY}{task_id[len(GROUP_ID_PREFIX):]}"
+        return f"{self.prefix}{TASK_KEY}{task_id}"
+
+    def group_meta_key(self, group_id: str) -> str:
+        return f"{self.prefix}{GROUP_KEY}{group_id}"
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        with map_errors(f"Redis result backend at {self.where}"):
+            yield
+
+    # -- connections -----------------------------------------------------------------
+    def connect(self) -> None:
+        with self._errors():
+            self.client.ping()
+
+    def close(self) -> None:
+        with self._listener_lock:
+            listener, self._listener_obj = self._listener_obj, None
+        if listener is not None and listener.pid == os.getpid():
+            listener.stop()
+        self._local = threading.local()
+        self._conn.close()
+
+    def _listener(self) -> _Listener:
+        """This process's listener (a forked child makes its own and leaves the parent's alone)."""
+        listener = self._listener_obj
+        if listener is None or listener.pid != os.getpid():
+            with self._listener_lock:
+                listener = self._listener_obj
+                if listener is None or listener.pid != os.getpid():
+                    wake = f"{self.prefix}celeriac-results-wake-{uuid.uuid4().hex}".encode()
+                    listener = self._listener_obj = _Listener(self.client, wake, self.where)
+        return listener
+
+    # -- primitives --------------------------------------------------------------------
+    def _ttl_ms(self) -> int:
+        return int(self.expires * 1000) if self.expires else 0
+
+    def _set_many(self, items: Sequence[StoredMeta]) -> None:
+        if not items:
+            return
+        ttl = self._ttl_ms()
+        calls = []
+        for i in range(0, len(items), BATCH):
+            chunk = items[i:i + BATCH]
+            calls.append(([self.key_for(m.task_id) for m in chunk], [ttl, *(m.payload for m in chunk)]))
+        with self._errors():
+            STORE.many(self.client, calls)
+
+    def _get_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        with self._errors():
+            if len(ids) <= BATCH:
+                values = self.client.mget([self.key_for(t) for t in ids])
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for i in range(0, len(ids), BATCH):
+                    pipe.mget([self.key_for(t) for t in ids[i:i + BATCH]])
+                values = [v for chunk in pipe.execute() for v in chunk]
+        return {t: v for t, v in zip(ids, values, strict=True) if isinstance(v, bytes)}
+
+    def _delete(self, task_ids: Sequence[str]) -> None:
+        ids = list(task_ids)
+        with self._errors():
+            for i in range(0, len(ids), BATCH):
+                self.client.delete(*[self.key_for(t) for t in ids[i:i + BATCH]])
+
+    # -- waiting -----------------------------------------------------------------------
+    def _channels(self, task_ids: Sequence[str]) -> list[bytes]:
+        return [self.key_for(t).encode() for t in task_ids]
+
+    def _early_box(self, listener: _Listener) -> _Mailbox:
+        """This thread's mailbox for prepare_wait() (a wait call uses its own)."""
+        box = getattr(self._local, "box", None)
+        if box is None or self._local.owner is not listener:
+            box = self._local.box = _Mailbox()
+            self._local.owner = listener
+        return box
+
+    def prepare_wait(self, task_ids: Sequence[str]) -> None:
+        listener = self._listener()
+        box = self._early_box(listener)
+        listener.subscribe(box, self._channels(task_ids))
+        self._local.generation = listener.generation
+        extra = len(box.counts) - EARLY_WAITS_MAX
+        if extra > 0:  # prepared but never waited for: drop the oldest
+            listener.unsubscribe(box, list(itertools.islice(box.counts, extra)))
+
+    def finish_wait(self, task_ids: Sequence[str]) -> None:
+        listener = self._listener()
+        listener.unsubscribe(self._early_box(listener), self._channels(task_ids))
+
+    def _wait(self, task_ids: Sequence[str], timeout: float) -> None:
+        listener = self._listener()
+        box = self._early_box(listener)
+        if not box.counts:
+            self.prepare_wait(task_ids)
+        listener.wait(box, timeout, getattr(self._local, "generation", listener.generation))
+        listener.take(box)
+        self._local.generation = listener.generation
+
+    def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5) -> dict[str, Any]:
+        try:
+            return self.wait_for_many([task_id], timeout=timeout)[task_id]
+        except TimeoutError:
+            raise TimeoutError(f"The operation timed out waiting for task {task_id}.") from None
+
+    def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None,
+                      interval: float = 0.5) -> dict[str, dict[str, Any]]:
+        """Subscribe, read once, then take each meta from its published message."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ids = list(dict.fromkeys(task_ids))
+        channels = dict(zip(self._channels(ids), ids, strict=True))
+        listener = self._listener()
+        box = _Mailbox()
+        listener.subscribe(box, list(channels))
+        try:
+            done: dict[str, dict[str, Any]] = {}
+            pending = set(ids)
+            refresh = True
+            generation, last_read = listener.generation, 0.0
+            while True:
+                if refresh:
+                    generation, last_read = listener.generation, time.monotonic()
+                    for tid, meta in self.get_many([t for t in ids if t in pending]).items():
+                        if meta["status"] in states.READY_STATES:
+                            done[tid] = meta
+                            pending.discard(tid)
+                if not pending:
+                    return {t: done[t] for t in task_ids}
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"The operation timed out waiting for {len(pending)} tasks.")
+                step = RECHECK_SECONDS - (time.monotonic() - last_read)
+                listener.wait(box, max(0.0, step if remaining is None else min(step, remaining)), generation)
+                refresh = False
+                for channel, payload in listener.take(box):
+                    tid = channels.get(channel, "")
+                    if tid not in pending:
+                        continue
+                    try:
+                        meta = self.decode(payload)
+                    except Exception:
+                        refresh = True      # e.g. a payload we may not decode: read the key instead
+                        continue
+                    if meta.get("status") in states.READY_STATES:
+                        done[tid] = meta
+                        pending.discard(tid)
+                if listener.generation != generation or time.monotonic() - last_read >= RECHECK_SECONDS:
+                    refresh = True
+        finally:
+            listener.unsubscribe(box, list(channels))
+
+    # -- chords (celery-wire 3.7) ------------------------------------------------------------
+    def _chord_keys(self, group_id: str) -> dict[str, str]:
+        gk = self.group_meta_key(group_id)
+        return {"j": gk + ".j", "d": gk + ".d", "c": gk + ".c", "t": gk + ".t", "s": gk + ".s", "meta": gk}
+
+    def _ttl_seconds(self) -> int:
+        return max(1, math.ceil(self.expires)) if self.expires else 0
+
+    def chord_set_size(self, group_id: str, size: int) -> None:
+        k = self._chord_keys(group_id)
+        ttl = self._ttl_seconds()
+        with self._errors():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(k["c"])
+            if ttl:
+                pipe.set(k["s"], int(size), ex=ttl)
+            else:
+                pipe.set(k["s"], int(size))
+            pipe.execute()
+
+    def chord_join(self, group_id: str, task_id: str, group_index: int | None, state: str,
+                   result: Any) -> ChordReady | None:
+        k = self._chord_keys(group_id)
+        member = self.encode_chord_part(task_id, state, result)
+        score = "+inf" if group_index is None else str(int(group_index))
+        token = uuid.uuid4().hex
+        with self._errors():
+            members = CHORD_JOIN(
+                self.client, [k["j"], k["d"], k["c"], k["t"], k["s"], k["meta"]],
+                [member, score, f"{task_id}:{group_index}", self._ttl_seconds(), token,
+                 int(CHORD_CLAIM_SECONDS)])
+        if members is None:
+            return None
+        return ChordReady(token, [self.decode_chord_part(raw) for raw in members])
+
+    def chord_cleanup(self, group_id: str, token: str) -> None:
+        k = self._chord_keys(group_id)
+        with self._errors():
+            CHORD_CLEANUP(self.client, [k["c"], k["j"], k["t"], k["s"], k["d"]],
+                          [token, int(CHORD_DONE_SECONDS)])
