@@ -67,6 +67,10 @@ _s("beat_scheduler", "celery.beat:PersistentScheduler", "symbol", "CELERYBEAT_SC
 _s("beat_schedule_filename", "celerybeat-schedule", "str", "CELERYBEAT_SCHEDULE_FILENAME")
 _s("beat_sync_every", 0, "int", "CELERYBEAT_SYNC_EVERY")
 _s("beat_cron_starting_deadline", None, "int")
+# celeriac's own (not in Celery): see celeriac.beat
+_s("beat_lease_seconds", 5.0, "float")        # leader lease; a standby takes over within lease + 1 s
+_s("beat_missed_ticks", "once", "str")        # ticks missed while no beat ran: once | skip | all
+_s("beat_catchup_seconds", None, "float")     # later than this = missed (default 2 * lease + 1)
 for _n in ("logfile", "pidfile", "executable"):
     _s(f"beat_{_n}", None, "str")
     _s(f"worker_{_n}", None, "str")
