@@ -38,6 +38,8 @@ class Consumer:
         self.accept = codecs.accept_set(app.conf.accept_content)
         self.running: list[Delivery] = []       # started, not yet acked
         self.revoked: set[str] = set()
+        self.control: Any = None  # worker/control_state.ControlState: revocations, task limits
+        self.control_gen = -1
         lease = self.broker.lease_seconds
         self.heartbeat_interval = heartbeat_interval or max(min(lease / 3.0, 5.0), 0.05)
         self._stop = threading.Event()
@@ -104,6 +106,8 @@ class Consumer:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=True)
             delivery.ack()
             return None
+        if self.control is not None:
+            self.control.sync(self)
         if msg.id in self.revoked:
             logger.info("Discarding revoked task: %s[%s]", msg.task, msg.id)
             self._store([make_meta(msg.id, states.REVOKED,

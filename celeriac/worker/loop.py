@@ -35,10 +35,13 @@ FLUSH_COUNT = 200
 class Slot:
     """What a process is running, readable by its supervisor without a syscall."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = ()) -> None:
         self.nums = multiprocessing.RawArray(ctypes.c_double, 5)  # start, hard deadline, acks_late, done, busy
         self.tid = multiprocessing.RawArray(ctypes.c_char, 64)
         self.name = multiprocessing.RawArray(ctypes.c_char, 200)
+        self.term = multiprocessing.RawArray(ctypes.c_char, 64)  # task id to terminate (revoke); control_state
+        self.index = {n: i for i, n in enumerate(names)}  # task name -> position in counts
+        self.counts = multiprocessing.RawArray(ctypes.c_long, max(len(self.index), 1))  # tasks done by name
 
     def set(self, task_id: str, name: str, hard_deadline: float, acks_late: bool) -> None:
         self.tid.value = task_id.encode()[:63]
@@ -62,6 +65,14 @@ class Slot:
     def done(self) -> int:
         return int(self.nums[3])
 
+    def count(self, name: str) -> None:
+        i = self.index.get(name)
+        if i is not None:
+            self.counts[i] += 1
+
+    def totals(self) -> dict[str, int]:
+        return {n: int(self.counts[i]) for n, i in self.index.items() if self.counts[i]}
+
 
 def _on_soft_limit(signum: int, frame: Any) -> None:
     raise SoftTimeLimitExceeded()
@@ -81,6 +92,7 @@ class WorkLoop:
         self.chain = build_chain(middleware_for(app))
         self.stop_event = threading.Event()
         self.processed = 0
+        self.totals: dict[str, int] = {}
         conf = app.conf
         self.default_limits = (conf.task_time_limit, conf.task_soft_time_limit)
         self.default_acks_late = bool(conf.task_acks_late)
@@ -198,6 +210,9 @@ class WorkLoop:
             if self.slot is not None:
                 self.slot.clear()
         self.processed += 1
+        self.totals[msg.task] = self.totals.get(msg.task, 0) + 1  # stats(); prefork: in the slot
+        if self.slot is not None:
+            self.slot.count(msg.task)
         metas.extend(ctx.metas)
         if ctx.state == states.REJECTED:
             if ctx.reject_requeue:

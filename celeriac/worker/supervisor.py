@@ -8,17 +8,19 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
 from ..exceptions import TimeLimitExceeded, WorkerLostError
 from ..protocol.results import exception_to_dict, make_meta
+from .control_state import ControlState, install_child_handlers, record_terminated
 from .loop import Slot, WorkLoop
 
 if TYPE_CHECKING:
@@ -47,12 +49,16 @@ def _rss_kib(pid: int) -> int:
 
 
 def child_main(app: Celery, index: int, queues: Sequence[str], consumer_id: str, hostname: str,
-               prefetch: int, slot: Slot, max_tasks: int | None, redirect: bool) -> None:
+               prefetch: int, slot: Slot, max_tasks: int | None, redirect: bool,
+               control: ControlState | None = None) -> None:
     multiprocessing.current_process().name = f"ForkPoolWorker-{index}"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     loop = WorkLoop(app, queues, consumer_id, hostname, prefetch, slot=slot, max_tasks=max_tasks,
                     in_main_thread=True)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    if control is not None:  # revocations, task limits and terminate requests from the control thread
+        loop.consumer.control = control
+        install_child_handlers(slot, loop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     if redirect:
         from .logs import redirect_stdouts
@@ -85,17 +91,21 @@ class Supervisor:
         self.cold = False
         self._gen = 0
         self.processed = 0
+        self.control = ControlState()  # shared with the children (made before they fork)
+        self.revoked_terminated: dict[str, int] = {}  # task id -> signal sent by revoke(terminate=True)
+        self.totals: dict[str, int] = {}  # tasks done by name, by children that have exited
+        self.calls: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()  # run by tick()
         self._last_busy = time.monotonic()
 
     # -- processes -------------------------------------------------------------
     def _spawn(self, index: int) -> None:
         self._gen += 1
         consumer_id = f"{self.hostname}/{self.run_id}/{index}.{self._gen}"
-        slot = Slot()
+        slot = Slot(sorted(self.app.tasks))
         signals.worker_before_create_process.send(sender=self)
         proc = _ctx.Process(target=child_main, name=f"ForkPoolWorker-{index}",
                             args=(self.app, index, self.queues, consumer_id, self.hostname, self.prefetch,
-                                  slot, self.max_tasks, self.redirect), daemon=False)
+                                  slot, self.max_tasks, self.redirect, self.control), daemon=False)
         proc.start()
         self.children[index] = Child(index, proc, consumer_id, slot, time.monotonic())
 
@@ -125,6 +135,11 @@ class Supervisor:
 
     # -- supervision -----------------------------------------------------------
     def tick(self) -> None:
+        while not self.calls.empty():  # requests of the control thread, run in this thread
+            try:
+                self.calls.get_nowait()()
+            except Exception as exc:
+                logger.error("Remote control request failed: %r", exc)
         now = time.time()
         for index, child in list(self.children.items()):
             proc = child.process
@@ -137,6 +152,8 @@ class Supervisor:
                 proc.join(5)
             if proc.exitcode is not None:
                 self.processed += child.slot.done
+                for name, n in child.slot.totals().items():
+                    self.totals[name] = self.totals.get(name, 0) + n
                 self._settle(child, exited_cleanly=proc.exitcode == 0 and not child.killed_for_limit)
                 del self.children[index]
                 if not self.warm and not self.cold:
@@ -183,6 +200,10 @@ class Supervisor:
         for d in held:
             tid = d.envelope.headers.get("id")
             if running and tid == running[0] and not exited_cleanly:
+                signum = self.revoked_terminated.pop(tid, None)
+                if signum is not None:  # revoke(terminate=True): REVOKED, not WorkerLostError
+                    record_terminated(self.app, d, running, signum)
+                    continue
                 task = self.app.tasks.get(running[1])
                 reject = task is not None and task.reject_on_worker_lost is not False and running[4]
                 if self.cold or reject:
