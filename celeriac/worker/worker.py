@@ -135,7 +135,10 @@ class Worker:
         signals.worker_shutting_down.send(sender=self.hostname, sig="SIGTERM", how="Cold" if cold else "Warm",
                                           exitcode=0)
         for loop in self.loops:
-            loop.stop()
+            if self.pool == "asyncio":
+                loop.stop(cold=self._cold)  # type: ignore[call-arg]
+            else:
+                loop.stop()
         if self.supervisor is not None:
             self.supervisor.stop(cold=cold)
 
