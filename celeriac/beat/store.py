@@ -260,10 +260,10 @@ def store_for_url(url: str, transport_options: dict[str, Any] | None = None) -> 
         return SQLiteBeatStore(sqlite_path(url))
     if scheme in ("redis", "rediss", "unix", "sentinel", "redis+socket"):
         try:
-            from .store_redis import RedisBeatStore  # type: ignore[import-not-found,unused-ignore]
+            from .store_redis import RedisBeatStore
         except ImportError as exc:
             raise ImproperlyConfigured(f"beat on {url!r} needs the Redis beat store: {exc}") from exc
-        return RedisBeatStore(url, dict(transport_options or {}))  # type: ignore[no-any-return,unused-ignore]
+        return RedisBeatStore(url, dict(transport_options or {}))
     if scheme == "memory":
         return MemoryBeatStore(url)
     raise ImproperlyConfigured(f"beat cannot keep its schedule on the broker {url!r} "
