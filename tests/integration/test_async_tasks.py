@@ -211,7 +211,7 @@ def test_await_delay_async_and_aget_leave_the_event_loop_free(env):
         values = await asyncio.gather(*(r.aget(timeout=30) for r in results))
         done.set()
         await tick
-        gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
         return values, gaps
 
     with WorkerProcess(tmp_path, "aioapp", "-P", "asyncio", "-c", "100"):
@@ -254,6 +254,19 @@ def test_terminate_cancels_a_running_coroutine(env):
         worker_app.close()
     assert not thread.is_alive()
     assert client.broker.stats("celery").leased == 0
+
+
+def test_revoke_terminate_through_remote_control(env):
+    tmp_path, client = env
+    with WorkerProcess(tmp_path, "aioapp", "-P", "asyncio", "-c", "10"):
+        victim = send(client, "nap", "late", 20)
+        wait_for(lambda: any(a["id"] == victim.id for a in
+                             sum((client.control.inspect().active() or {}).values(), [])), 20)
+        started = time.monotonic()
+        victim.revoke(terminate=True)
+        wait_for(lambda: victim.state == "REVOKED", 10, message="REVOKED")
+        assert time.monotonic() - started < 5
+        assert send(client, "nap", 3).get(timeout=10) == 3
 
 
 def test_warm_shutdown_waits_and_cold_shutdown_gives_messages_back(env):
