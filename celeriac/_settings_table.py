@@ -245,6 +245,8 @@ _s("task_allow_error_cb_on_chord_header", False, "bool", "CELERY_ALLOW_ERROR_CB_
 # -- worker -------------------------------------------------------------------
 _s("worker_agent", None, "symbol", "CELERYD_AGENT")
 _s("worker_autoscaler", "celery.worker.autoscale:Autoscaler", "symbol", "CELERYD_AUTOSCALER")
+# celeriac's own: idle seconds before --autoscale shrinks (else env AUTOSCALE_KEEPALIVE, else 30)
+_s("worker_autoscale_keepalive", None, "float")
 _s("worker_cancel_long_running_tasks_on_connection_loss", False, "bool")
 _s("worker_concurrency", None, "int", "CELERYD_CONCURRENCY")
 _s("worker_consumer", "celery.worker.consumer:Consumer", "symbol", "CELERYD_CONSUMER")

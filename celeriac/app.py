@@ -17,7 +17,7 @@ from . import _state, signals
 from .config import Config
 from .exceptions import ImproperlyConfigured, NotRegistered
 from .protocol.message import build_task_message, safe_repr
-from .task import P, R, Task, make_task, validate_time_limits
+from .task import P, R, Task, make_task, validate_task, validate_time_limits
 
 logger = logging.getLogger("celeriac.app")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -246,7 +246,7 @@ class Celery:
         task.app = self
         for key, value in options.items():
             setattr(task, key, value)
-        validate_time_limits(task.name, task.time_limit, task.soft_time_limit)
+        validate_task(task)
         self.tasks.register(task)
         return task
 

@@ -80,7 +80,9 @@ def _parse_rate(rate: str | float | int | None) -> float | None:
     """'10/s' | '100/m' | '1000/h' | 5 -> tasks per second (None = unlimited)."""
     if rate in (None, "", 0):
         return None
-    if isinstance(rate, (int, float)):
+    if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+        if rate < 0 or rate != rate:
+            raise ImproperlyConfigured(f"Invalid rate_limit {rate!r}: must not be negative")
         return float(rate)
     text = str(rate).strip()
     num, _, unit = text.partition("/")
@@ -88,6 +90,8 @@ def _parse_rate(rate: str | float | int | None) -> float | None:
         n = float(num)
     except ValueError:
         raise ImproperlyConfigured(f"Invalid rate_limit {rate!r}: expected '10/s', '100/m' or '1000/h'") from None
+    if n < 0 or n != n:
+        raise ImproperlyConfigured(f"Invalid rate_limit {rate!r}: the number must not be negative")
     per = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}.get(unit.strip().lower()[:1] if unit else "")
     if per is None:
         raise ImproperlyConfigured(f"Invalid rate_limit {rate!r}: unit must be s, m or h")
@@ -270,10 +274,10 @@ class Task(Generic[P, R]):
         app = self._get_app()
         if eta is None and countdown is not None:
             eta = datetime.now(timezone.utc) + timedelta(seconds=float(countdown))
+        queue = options.pop("queue", None) or (req.delivery_info or {}).get("routing_key")
         app.send_task(self.name or "", new_args, new_kwargs, task_id=req.id, eta=eta,
                       retries=retries, root_id=req.root_id, parent_id=req.id,
-                      group_id=req.group, group_index=req.group_index,
-                      queue=(req.delivery_info or {}).get("routing_key") or options.pop("queue", None),
+                      group_id=req.group, group_index=req.group_index, queue=queue,
                       chain=req.chain, chord=req.chord, link=req.callbacks, link_error=req.errbacks,
                       time_limit=(req.timelimit or [None, None])[0],
                       soft_time_limit=(req.timelimit or [None, None])[1],
@@ -373,11 +377,7 @@ def make_task(app: Celery, fun: Callable[..., Any], base: type[Task[Any, Any]] |
         if not hasattr(cls, key):
             raise TypeError(f"@task got an unexpected option {key!r} for {task.name}")
         setattr(task, key, value)
-    if task.rate_limit is not None:
-        _parse_rate(task.rate_limit)
-    if task.global_rate_limit is not None:
-        _parse_rate(task.global_rate_limit)
-    validate_time_limits(task.name, task.time_limit, task.soft_time_limit)
+    validate_task(task)
     init = getattr(task, "__init__", None)
     if init is not None and type(task).__init__ is not object.__init__:
         try:
@@ -385,6 +385,18 @@ def make_task(app: Celery, fun: Callable[..., Any], base: type[Task[Any, Any]] |
         except TypeError:
             pass
     return task
+
+
+def validate_task(task: Task[Any, Any]) -> None:
+    """Declaration-time checks: rate limits parse, time limits are positive and consistent."""
+    for label in ("rate_limit", "global_rate_limit"):
+        value = getattr(task, label, None)
+        if value is not None:
+            try:
+                _parse_rate(value)
+            except ImproperlyConfigured as exc:
+                raise ImproperlyConfigured(f"{task.name}: {label}: {exc}") from None
+    validate_time_limits(task.name, task.time_limit, task.soft_time_limit)
 
 
 def validate_time_limits(name: str | None, hard: float | None, soft: float | None) -> None:

@@ -62,7 +62,7 @@ class ResultBackend(abc.ABC):
         self.url = url
         self.serializer = serializer
         self.accept = codecs.accept_set(list(accept) if accept else [serializer])
-        self.expires = expires
+        self.expires = expires or None  # None or 0: results never expire (as in Celery)
         self.options = dict(options or {})
 
     # -- primitives ------------------------------------------------------------

@@ -40,7 +40,9 @@ CREATE TABLE IF NOT EXISTS celeriac_chord_parts (
 
 Q_UPSERT = ("INSERT INTO celeriac_results (task_id, status, payload, expires_at) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (task_id) DO UPDATE SET status = excluded.status, payload = excluded.payload, "
-            "expires_at = excluded.expires_at WHERE celeriac_results.status != 'SUCCESS'")
+            "expires_at = excluded.expires_at WHERE celeriac_results.status != 'SUCCESS' "
+            # a retried attempt may finish before the worker that retried it stores RETRY
+            "AND NOT (excluded.status = 'RETRY' AND celeriac_results.status IN ('FAILURE', 'REVOKED'))")
 Q_GET = "SELECT task_id, payload FROM celeriac_results WHERE task_id IN ({qs}) AND (expires_at IS NULL OR expires_at > ?)"
 Q_DELETE = "DELETE FROM celeriac_results WHERE task_id = ?"
 Q_CLEANUP = "DELETE FROM celeriac_results WHERE expires_at IS NOT NULL AND expires_at <= ?"
@@ -86,7 +88,7 @@ class SQLiteBackend(ResultBackend):
         rows = [(m.task_id, m.status, m.payload, exp) for m in items]
         cleanup = now >= self._next_cleanup and self.expires is not None
         if cleanup:
-            self._next_cleanup = now + 60.0
+            self._next_cleanup = now + min(60.0, max(float(self.expires or 0), 1.0))
 
         def tx(c: Any) -> None:
             c.executemany(Q_UPSERT, rows)

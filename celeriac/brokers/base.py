@@ -151,6 +151,19 @@ class Broker(abc.ABC):
         """The messages ``consumer_id`` holds now (used when a worker process died)."""
         return []
 
+    # -- global rate limits ----------------------------------------------------
+    def acquire_tokens(self, key: str, rate: float, burst: float = 1.0, n: float = 1.0) -> float:
+        """Take ``n`` tokens from the bucket ``key`` shared by every worker on this broker.
+
+        The bucket refills at ``rate`` tokens per second up to ``burst``.  Returns 0.0
+        when the tokens were taken, else the seconds to wait before trying again
+        (nothing is taken then).  One atomic round trip.  Brokers that can do this
+        set ``capabilities.global_rate_limit``.
+        """
+        raise OperationalError(
+            f"{type(self).__name__} cannot coordinate a global_rate_limit between workers; "
+            "use rate_limit (per worker) or a broker that supports it (sqlite, redis)")
+
     # -- dead letters ----------------------------------------------------------
     @abc.abstractmethod
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
@@ -203,6 +216,21 @@ class Broker(abc.ABC):
 
 def now() -> float:
     return time.time()
+
+
+def take_tokens(tokens: float | None, stamp: float, at: float, rate: float, burst: float,
+                n: float) -> tuple[float, float]:
+    """Token-bucket arithmetic for ``acquire_tokens``: ``(tokens left, seconds to wait)``.
+
+    ``tokens`` is None for a bucket never used (it starts full).  Wait 0.0 means granted.
+    """
+    if rate <= 0:
+        raise ValueError(f"rate must be positive, got {rate!r}")
+    burst = max(float(burst), float(n))
+    level = burst if tokens is None else min(burst, tokens + max(at - stamp, 0.0) * rate)
+    if level >= n:
+        return level - n, 0.0
+    return level, (n - level) / rate
 
 __all__ = ["Broker", "Capabilities", "DeadLetter", "Delivery", "OperationalError", "PublishItem",
            "QueueStats", "Subscription", "DEFAULT_LEASE_SECONDS"]

@@ -15,7 +15,10 @@ from typing import Any
 
 from ..protocol.message import Envelope
 from .memory_control import MemoryControlMixin
-from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats
+from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats, take_tokens
+
+
+_RATE_BUCKETS: dict[str, dict[str, tuple[float, float]]] = {}
 
 
 @dataclass
@@ -116,6 +119,16 @@ class MemoryBroker(MemoryControlMixin, Broker):
                     n += 1
             self._cond.notify_all()
         return n
+
+    def acquire_tokens(self, key: str, rate: float, burst: float = 1.0, n: float = 1.0) -> float:
+        with self._cond:
+            buckets = _RATE_BUCKETS.setdefault(self.url, {})  # shared like the queues
+            at = time.time()
+            row = buckets.get(key)
+            tokens, wait = take_tokens(None if row is None else row[0], 0.0 if row is None else row[1],
+                                       at, rate, burst, n)
+            buckets[key] = (tokens, at)
+            return wait
 
     def dead_letter(self, delivery: Delivery, reason: str) -> None:
         from ..protocol.message import to_kombu_json

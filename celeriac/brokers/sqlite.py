@@ -18,7 +18,7 @@ from .._bell import Bell
 from .._sqlite import SQLiteDB, sqlite_path
 from ..protocol.message import from_kombu_json, to_kombu_json
 from .sqlite_control import SQLiteControlMixin
-from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats
+from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats, take_tokens
 
 READY, LEASED, DELAYED = 0, 1, 2
 
@@ -51,6 +51,11 @@ CREATE TABLE IF NOT EXISTS celeriac_dead_letters (
     failed_at REAL NOT NULL,
     payload   TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS celeriac_rate_limits (
+    key    TEXT PRIMARY KEY,
+    tokens REAL NOT NULL,
+    stamp  REAL NOT NULL
+);
 """
 
 Q_INSERT = ("INSERT INTO celeriac_messages (queue, state, priority, not_before, tag, payload) "
@@ -76,6 +81,9 @@ Q_DEAD_LIST = ("SELECT id, queue, reason, payload, failed_at, task_name, task_id
                "FROM celeriac_dead_letters ORDER BY id DESC LIMIT ?")
 Q_STATS = "SELECT state, COUNT(*) FROM celeriac_messages WHERE queue = ? GROUP BY state"
 Q_PURGE = "DELETE FROM celeriac_messages WHERE queue = ? AND state IN (0, 2)"
+Q_BUCKET_GET = "SELECT tokens, stamp FROM celeriac_rate_limits WHERE key = ?"
+Q_BUCKET_SET = ("INSERT INTO celeriac_rate_limits (key, tokens, stamp) VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, stamp = excluded.stamp")
 
 
 class SQLiteBroker(SQLiteControlMixin, Broker):
@@ -174,6 +182,18 @@ class SQLiteBroker(SQLiteControlMixin, Broker):
         if n:
             self.bell.ring()
         return n
+
+    # -- global rate limits ----------------------------------------------------
+    def acquire_tokens(self, key: str, rate: float, burst: float = 1.0, n: float = 1.0) -> float:
+        def tx(c: Any) -> float:
+            at = time.time()
+            row = c.execute(Q_BUCKET_GET, (key,)).fetchone()
+            tokens, wait = take_tokens(None if row is None else row[0], 0.0 if row is None else row[1],
+                                       at, rate, burst, n)
+            c.execute(Q_BUCKET_SET, (key, tokens, at))
+            return wait
+
+        return self.db.write(tx)
 
     # -- dead letters ----------------------------------------------------------
     def dead_letter(self, delivery: Delivery, reason: str) -> None:

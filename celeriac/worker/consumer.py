@@ -81,6 +81,8 @@ class Consumer:
             name = env.headers.get("task")
             logger.error("Bad message %s[%s] dead-lettered: %s", name, task_id, exc)
             self._dead(delivery, f"{type(exc).__name__}: {exc}", task_id, exc)
+            if signals.task_rejected.receivers:
+                signals.task_rejected.send(sender=None, message=env, exc=exc)
             return None
         if signals.task_received.receivers:
             pass  # sent below with the request once the task is known

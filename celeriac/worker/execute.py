@@ -32,7 +32,8 @@ Middleware = Callable[["ExecContext", Handler], None]
 
 class ExecContext:
     __slots__ = ("app", "task", "req", "message", "state", "retval", "exc", "tb", "runtime",
-                 "metas", "eager", "hostname", "reject_requeue", "retry", "started_at", "ack")
+                 "metas", "eager", "hostname", "reject_requeue", "retry", "started_at", "ack",
+                 "timer")
 
     def __init__(self, app: Celery, task: Task[Any, Any], req: Context, message: TaskMessage | None,
                  hostname: str, eager: bool = False) -> None:
@@ -52,6 +53,7 @@ class ExecContext:
         self.retry: Retry | None = None
         self.started_at = 0.0
         self.ack = True  # False: give the message back instead (Reject(requeue=True))
+        self.timer: Any = None  # an AlarmTimer (time limits) started around task.run
 
 
 def context_from_message(msg: TaskMessage, hostname: str, queue: str | None = None,
@@ -78,9 +80,17 @@ def call_task(ctx: ExecContext) -> None:
     task, req = ctx.task, ctx.req
     _state.push_request(req)
     ctx.started_at = time.monotonic()
+    timer = ctx.timer
     try:
         task.before_start(req.id, req.args, req.kwargs)
-        ctx.retval = task.run(*req.args, **req.kwargs)
+        if timer is None:
+            ctx.retval = task.run(*req.args, **req.kwargs)
+        else:
+            timer.start()
+            try:
+                ctx.retval = task.run(*req.args, **req.kwargs)
+            finally:
+                timer.stop()
         if hasattr(ctx.retval, "__await__"):
             from .aio import run_coroutine
             ctx.retval = run_coroutine(ctx.retval, ctx)
@@ -88,6 +98,8 @@ def call_task(ctx: ExecContext) -> None:
     except BaseException as exc:  # noqa: BLE001 - everything a task raises is its outcome
         record_exception(ctx, exc)
     finally:
+        if timer is not None:
+            timer.stop()
         ctx.runtime = time.monotonic() - ctx.started_at
         _state.pop_request()
 
@@ -134,6 +146,32 @@ def _maybe_autoretry(ctx: ExecContext, exc: BaseException) -> None:
 
 # -- middleware ----------------------------------------------------------------
 
+class ExceptionInfo(str):
+    """What ``on_failure``/``on_retry`` and ``task_failure`` get as ``einfo``: the formatted
+    traceback (it is a ``str``), with Celery's ``.traceback``, ``.exception`` and ``.type``."""
+
+    exception: BaseException | None
+    type: type[BaseException] | None
+
+    def __new__(cls, traceback: str | None, exc: BaseException | None) -> ExceptionInfo:
+        self = super().__new__(cls, traceback or "")
+        self.exception = exc
+        self.type = type(exc) if exc is not None else None
+        return self
+
+    @property
+    def traceback(self) -> str:
+        return str(self)
+
+    @property
+    def tb(self) -> Any:
+        return self.exception.__traceback__ if self.exception is not None else None
+
+
+def _einfo(ctx: ExecContext, exc: BaseException | None) -> ExceptionInfo | None:
+    return None if ctx.tb is None else ExceptionInfo(ctx.tb, exc)
+
+
 def hooks_middleware(ctx: ExecContext, call_next: Handler) -> None:
     """Task methods on_success / on_failure / on_retry / after_return."""
     call_next(ctx)
@@ -146,13 +184,13 @@ def hooks_after(ctx: ExecContext, _: Any = None) -> None:
         if ctx.state == states.SUCCESS:
             task.on_success(ctx.retval, req.id, req.args, req.kwargs)
         elif ctx.state == states.FAILURE and ctx.exc is not None:
-            task.on_failure(ctx.exc, req.id, req.args, req.kwargs, ctx.tb)
+            task.on_failure(ctx.exc, req.id, req.args, req.kwargs, _einfo(ctx, ctx.exc))
         elif ctx.state == states.RETRY and ctx.retry is not None:
             exc = ctx.retry.exc if isinstance(ctx.retry.exc, BaseException) else ctx.retry
-            task.on_retry(exc, req.id, req.args, req.kwargs, ctx.tb)
+            task.on_retry(exc, req.id, req.args, req.kwargs, _einfo(ctx, exc))
         if ctx.state in (states.SUCCESS, states.FAILURE, states.RETRY):
             task.after_return(ctx.state, ctx.retval if ctx.state == states.SUCCESS else ctx.exc,
-                              req.id, req.args, req.kwargs, ctx.tb)
+                              req.id, req.args, req.kwargs, _einfo(ctx, ctx.exc))
     except Exception as exc:
         logger.exception("Task %s[%s] handler raised: %r", task.name, req.id, exc)
 
@@ -179,10 +217,10 @@ def signals_after(ctx: ExecContext, _: Any = None) -> None:
         if signals.task_failure.receivers:
             signals.task_failure.send(sender=task, task_id=req.id, exception=ctx.exc, args=req.args,
                                       kwargs=req.kwargs, traceback=ctx.exc.__traceback__ if ctx.exc else None,
-                                      einfo=ctx.tb)
+                                      einfo=_einfo(ctx, ctx.exc))
     elif ctx.state == states.RETRY:
         if signals.task_retry.receivers:
-            signals.task_retry.send(sender=task, request=req, reason=ctx.retry, einfo=ctx.tb)
+            signals.task_retry.send(sender=task, request=req, reason=ctx.retry, einfo=_einfo(ctx, ctx.exc))
     elif ctx.state == states.REJECTED:
         if signals.task_rejected.receivers:
             signals.task_rejected.send(sender=task, message=ctx.message, exc=ctx.exc)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
-import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -20,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from ..brokers.base import Delivery
-from ..exceptions import OperationalError, SoftTimeLimitExceeded
+from ..exceptions import OperationalError, SoftTimeLimitExceeded, TimeLimitExceeded
 from .consumer import Consumer
 from .execute import ExecContext, build_chain, context_from_message, middleware_for
+from .ratelimit import HOLD_SECONDS, RateLimits
+from .timelimits import AlarmTimer
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -81,7 +82,7 @@ def _on_soft_limit(signum: int, frame: Any) -> None:
 class WorkLoop:
     def __init__(self, app: Celery, queues: Sequence[str], consumer_id: str, hostname: str,
                  prefetch: int, slot: Slot | None = None, max_tasks: int | None = None,
-                 in_main_thread: bool = False) -> None:
+                 in_main_thread: bool = False, rate_limits: RateLimits | None = None) -> None:
         self.app = app
         self.consumer = Consumer(app, queues, consumer_id, hostname)
         self.hostname = hostname
@@ -97,8 +98,10 @@ class WorkLoop:
         self.default_limits = (conf.task_time_limit, conf.task_soft_time_limit)
         self.default_acks_late = bool(conf.task_acks_late)
         self.acks_on_failure = conf.task_acks_on_failure_or_timeout
-        if in_main_thread:
-            signal.signal(signal.SIGALRM, _on_soft_limit)
+        # soft limits (and, in solo, hard ones) need this process's main thread;
+        # a prefork child's hard limit is its supervisor's job
+        self.alarm = AlarmTimer(enforce_hard=slot is None) if in_main_thread else None
+        self.rate_limits = rate_limits if rate_limits is not None else RateLimits(app)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -178,6 +181,17 @@ class WorkLoop:
             return
         msg, task = prepared
         app = self.app
+        if task.rate_limit is not None or task.global_rate_limit is not None \
+                or self.rate_limits.default is not None:
+            wait = self.rate_limits.delay_for(task)
+            while wait:  # over its limit: wait here briefly, else in the broker
+                if wait > HOLD_SECONDS:
+                    delivery.requeue(delay=self.rate_limits.defer(task, wait))
+                    return
+                if self.stop_event.wait(wait):
+                    requeues.append(delivery)
+                    return
+                wait = self.rate_limits.delay_for(task)
         acks_late = task.acks_late if task.acks_late is not None else self.default_acks_late
         if delivery.started and not acks_late:
             # A previous holder started it and died: ack-on-start means it must not run twice.
@@ -198,14 +212,17 @@ class WorkLoop:
         if self.slot is not None:
             self.slot.set(msg.id, msg.task, time.time() + hard if hard else 0.0, acks_late)
         self.consumer.mark_running(delivery)
-        timer = bool(soft and self.in_main_thread)
-        if timer:
-            signal.setitimer(signal.ITIMER_REAL, float(soft))
+        alarm = self.alarm
+        if alarm is not None and (soft or hard) and alarm.prepare(soft, hard):
+            ctx.timer = alarm
         try:
             self.chain(ctx)
+        except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:
+            # an alarm that fired in the worker's own code around the task: the task is over
+            logger.warning("Task %s[%s]: time limit signal after the task returned: %r", msg.task, msg.id, exc)
         finally:
-            if timer:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+            if ctx.timer is not None:
+                ctx.timer.stop()
             self.consumer.mark_running(None)
             if self.slot is not None:
                 self.slot.clear()
@@ -220,7 +237,11 @@ class WorkLoop:
             else:
                 delivery.reject(f"Rejected by task: {getattr(ctx.exc, 'reason', ctx.exc)!r}")
             return
-        if ctx.state == states.FAILURE and acks_late and self.acks_on_failure is False:
-            requeues.append(delivery)
-            return
+        if ctx.state == states.FAILURE and acks_late:
+            on_failure = task.acks_on_failure_or_timeout
+            if (self.acks_on_failure if on_failure is None else on_failure) is False:
+                # Celery rejects such a message without requeue: it goes to the dead letters
+                self._flush(metas, acks, requeues)
+                delivery.reject(f"Task failed with acks_on_failure_or_timeout=False: {ctx.exc!r}")
+                return
         acks.append(delivery)

@@ -11,6 +11,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from ..exceptions import TimeLimitExceeded, WorkerLostError
 from ..protocol.results import exception_to_dict, make_meta
 from .control_state import ControlState, install_child_handlers, record_terminated
 from .loop import Slot, WorkLoop
+from .ratelimit import RateLimits
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -48,13 +50,22 @@ def _rss_kib(pid: int) -> int:
         return 0
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A child outlives no SIGKILLed worker: its leases then lapse and the survivors take over."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
 def child_main(app: Celery, index: int, queues: Sequence[str], consumer_id: str, hostname: str,
                prefetch: int, slot: Slot, max_tasks: int | None, redirect: bool,
-               control: ControlState | None = None) -> None:
+               rate_share: float = 1.0, control: ControlState | None = None) -> None:
     multiprocessing.current_process().name = f"ForkPoolWorker-{index}"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     loop = WorkLoop(app, queues, consumer_id, hostname, prefetch, slot=slot, max_tasks=max_tasks,
-                    in_main_thread=True)
+                    in_main_thread=True, rate_limits=RateLimits(app, share=rate_share))
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     if control is not None:  # revocations, task limits and terminate requests from the control thread
         loop.consumer.control = control
@@ -96,6 +107,9 @@ class Supervisor:
         self.totals: dict[str, int] = {}  # tasks done by name, by children that have exited
         self.calls: queue.SimpleQueue[Callable[[], Any]] = queue.SimpleQueue()  # run by tick()
         self._last_busy = time.monotonic()
+        keepalive = app.conf.get("worker_autoscale_keepalive")
+        self.keepalive = float(keepalive if keepalive is not None
+                               else os.environ.get("AUTOSCALE_KEEPALIVE", 30.0))
 
     # -- processes -------------------------------------------------------------
     def _spawn(self, index: int) -> None:
@@ -105,7 +119,10 @@ class Supervisor:
         signals.worker_before_create_process.send(sender=self)
         proc = _ctx.Process(target=child_main, name=f"ForkPoolWorker-{index}",
                             args=(self.app, index, self.queues, consumer_id, self.hostname, self.prefetch,
-                                  slot, self.max_tasks, self.redirect, self.control), daemon=False)
+                                  slot, self.max_tasks, self.redirect,
+                                  1.0 / max(self.autoscale[0] if self.autoscale else self.concurrency, 1),
+                                  self.control),
+                            daemon=False)
         proc.start()
         self.children[index] = Child(index, proc, consumer_id, slot, time.monotonic())
 
@@ -183,7 +200,7 @@ class Supervisor:
                 logger.info("Autoscale: grew the pool to %d processes", len(self.children))
         if busy:
             self._last_busy = time.monotonic()
-        elif n > low and time.monotonic() - self._last_busy > 10.0:
+        elif n > low and time.monotonic() - self._last_busy > self.keepalive:
             self.shrink(n - low)
             logger.info("Autoscale: shrank the pool to %d processes", len(self.children))
 
@@ -205,8 +222,7 @@ class Supervisor:
                     record_terminated(self.app, d, running, signum)
                     continue
                 task = self.app.tasks.get(running[1])
-                reject = task is not None and task.reject_on_worker_lost is not False and running[4]
-                if self.cold or reject:
+                if not child.killed_for_limit and (self.cold or (running[4] and self._requeue_lost(task))):
                     give_back.append(d)  # acks_late: it runs again on a live process
                     continue
                 exc: BaseException = (TimeLimitExceeded(running[3] - running[2]) if child.killed_for_limit
@@ -217,12 +233,32 @@ class Supervisor:
                     backend.store_meta(make_meta(tid, states.FAILURE, exception_to_dict(exc), None, ready=True))
                 except NotImplementedError:
                     pass
-                d.ack()
+                if child.killed_for_limit and running[4] and not self._ack_on_timeout(task):
+                    d.reject(f"Task hit its time limit with acks_on_failure_or_timeout=False: {exc!r}")
+                else:
+                    d.ack()
             else:
                 give_back.append(d)
         if give_back:
             broker.requeue(give_back)
         broker.release_consumer(child.consumer_id)
+
+    def _requeue_lost(self, task: Any) -> bool:
+        """An acks_late task whose process died runs again unless reject_on_worker_lost is False.
+
+        (Celery acks such a message unless reject_on_worker_lost=True; we re-run it by default,
+        so that acks_late alone means "never lost": set reject_on_worker_lost=False to get a
+        WorkerLostError result instead.)"""
+        value = getattr(task, "reject_on_worker_lost", None)
+        if value is None:
+            value = self.app.conf.task_reject_on_worker_lost
+        return value is not False
+
+    def _ack_on_timeout(self, task: Any) -> bool:
+        value = getattr(task, "acks_on_failure_or_timeout", None)
+        if value is None:
+            value = self.app.conf.task_acks_on_failure_or_timeout
+        return value is not False
 
     def stop(self, cold: bool = False) -> None:
         self.warm = True

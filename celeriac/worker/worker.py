@@ -3,8 +3,9 @@
 Pools: ``prefork`` (default; children fetch for themselves under a supervisor),
 ``threads`` (one work loop per thread), ``solo`` (one loop in this process).
 Soft time limits need a process's main thread: prefork and solo enforce them;
-threads cannot interrupt a running thread, so only ``prefork`` enforces the hard
-limit by replacing the process.
+threads cannot interrupt a running thread.  Prefork enforces the hard limit by
+replacing the process, solo by raising TimeLimitExceeded in the task
+(see worker/timelimits.py and docs/time-limits.md).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__, signals
 from .logs import redirect_stdouts, setup_logging
 from .loop import WorkLoop
+from .ratelimit import RateLimits
 from .supervisor import Supervisor
 
 if TYPE_CHECKING:
@@ -191,10 +193,12 @@ class Worker:
     def _run_in_process(self) -> None:
         redirect_stdouts(self.app)
         n = 1 if self.pool == "solo" else self.concurrency
+        rate_limits = RateLimits(self.app)  # one bucket per task for the whole worker
         for i in range(n):
             cid = f"{self.hostname}/{self.id}/{i + 1}"
             self.loops.append(WorkLoop(self.app, self.queues, cid, self.hostname, self.prefetch,
-                                       max_tasks=None, in_main_thread=self.pool == "solo"))
+                                       max_tasks=None, in_main_thread=self.pool == "solo",
+                                       rate_limits=rate_limits))
         self._start_control()
         self._ready()
         if self.pool == "solo":

@@ -1,0 +1,1 @@
+"""Celery's ``celery.utils`` import paths that user code relies on (only those)."""
