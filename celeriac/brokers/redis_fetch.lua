@@ -2,7 +2,8 @@
 -- then pop up to N messages and lease them, all in one atomic step.
 --
 -- ARGV: [1] layout, [2] consumer id, [3] max count, [4] lease seconds,
---       [5] '1' to reclaim expired leases, [6..] queue names.
+--       [5] '1' to reclaim expired leases, [6] kombu's visibility timeout
+--       (seconds), [7..] queue names.
 -- Returns {server_now, next_due_or_'', tag, queue_index, envelope, started, ...}.
 
 local consumer = ARGV[2]
@@ -10,7 +11,8 @@ local max_count = tonumber(ARGV[3])
 local lease_seconds = tonumber(ARGV[4])
 local reclaim = ARGV[5] == '1'
 local queues = {}
-for i = 6, #ARGV do queues[#queues + 1] = ARGV[i] end
+local visibility_timeout = tonumber(ARGV[6])
+for i = 7, #ARGV do queues[#queues + 1] = ARGV[i] end
 local now = server_now()
 
 -- 1. Delayed messages that are due go to the back of their list, as if
@@ -20,25 +22,34 @@ for _, m in ipairs(due) do
   local a = string.find(m, '|', 1, true)
   local b = a and string.find(m, '|', a + 1, true)
   local n = b and tonumber(string.sub(m, a + 1, b - 1))
-  redis.call('ZREM', C.delayed, m)
   if n then
     local queue = string.sub(m, b + 1, b + n)
-    redis.call('ZREM', C.delayed_prefix .. queue, m)
     redis.call('LPUSH', step_key(queue, string.sub(m, 1, a - 1)), string.sub(m, b + n + 1))
+    redis.call('ZREM', C.delayed_prefix .. queue, m)
     ring(queue)
   else
     bury(m, '', 'unreadable entry in the delayed set', now)
   end
+  redis.call('ZREM', C.delayed, m)
 end
 
 -- 2. Leases that expired (their holder stopped heartbeating) are given back.
+--    So are messages a Celery worker took and abandoned more than the
+--    visibility timeout ago (kombu's own sweep, for mixed fleets); ours are
+--    skipped there, their leases decide (heartbeats keep their index fresh).
 if reclaim then
   local expired = redis.call('ZRANGEBYSCORE', C.leases, '-inf', now, 'LIMIT', 0, 1000)
   for _, tag in ipairs(expired) do restore(tag, now) end
+  local stale = redis.call('ZRANGEBYSCORE', C.unacked_index, '-inf', now - visibility_timeout,
+                           'LIMIT', 0, 100)
+  for _, tag in ipairs(stale) do
+    if not redis.call('ZSCORE', C.leases, tag) then restore(tag, now) end
+  end
 end
 
--- 3. Pop in Celery's BRPOP key order (every step-0 key first) and record each
---    message in kombu's unacked hash/index and in our lease structures.
+-- 3. Take in Celery's BRPOP key order (every step-0 key first): record each
+--    message in kombu's unacked hash/index and in our lease structures, and
+--    only then pop it, so that a failing command can never lose it.
 local out = {tostring(now), ''}
 local count = 0
 local expiry = now + lease_seconds
@@ -83,9 +94,10 @@ for _, step in ipairs(C.steps) do
     if count >= max_count then break end
     local key = step_key(queues[qi], step)
     while count < max_count do
-      local raw = redis.call('RPOP', key)
+      local raw = redis.call('LINDEX', key, -1)
       if not raw then break end
       lease(raw, qi)
+      redis.call('RPOP', key)
     end
   end
 end

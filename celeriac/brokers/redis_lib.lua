@@ -155,32 +155,70 @@ local function bury(raw, queue, reason, now)
   redis.call('LTRIM', C.dead_letters, 0, C.dead_cap - 1)
 end
 
--- Give a leased message back: take it out of kombu's unacked hash and RPUSH it
--- (consumed next, as kombu's restore does) marked redelivered.  If the hash
--- entry is gone, someone else (a Celery worker's visibility-timeout restore)
--- already put it back, so only our records are dropped.  Returns 1 or 0.
+-- The queues a message published to (exchange, routing key) goes to: the
+-- routing key itself for the anonymous exchange, else the direct bindings in
+-- kombu's binding set "<routing key> SEP <pattern> SEP <queue>".
+local function route(exchange, routing_key)
+  if type(exchange) ~= 'string' or exchange == '' then
+    if type(routing_key) == 'string' and routing_key ~= '' then return {routing_key} end
+    return {}
+  end
+  local out = {}
+  for _, m in ipairs(redis.call('SMEMBERS', C.binding_prefix .. exchange)) do
+    local a = string.find(m, C.sep, 1, true)
+    local b = a and string.find(m, C.sep, a + #C.sep, true)
+    if b and string.sub(m, 1, a - 1) == routing_key and b == a + #C.sep then
+      out[#out + 1] = string.sub(m, b + #C.sep)
+    end
+  end
+  return out
+end
+
+-- Give a message back from kombu's unacked hash: RPUSH it (consumed next, as
+-- kombu's restore does) marked redelivered, to the queue it was leased from
+-- (ours) or where its exchange and routing key lead (a Celery worker's).  If
+-- the hash entry is gone, someone else (a Celery worker's visibility-timeout
+-- restore) already put it back, so only our lease records are dropped.
+-- Like every move here, the new copy is written before the old one is
+-- deleted: a failing command aborts the script with the message still in place.
+-- Returns 1 or 0.
 local function restore(tag, now)
-  local queue = drop_lease(tag)
   local stored = redis.call('HGET', C.unacked, tag)
+  local queue = redis.call('HGET', C.lease_queue, tag)
+  local pushed = 0
+  if stored then
+    local i = string.find(stored, '[^%s]', 2)
+    local e = i and skip_value(stored, i)
+    local ok, data = pcall(cjson.decode, stored)
+    local targets = {}
+    if e and ok and type(data) == 'table' then
+      targets = queue and {queue} or route(data[2], data[3])
+    end
+    if #targets == 0 then
+      bury(stored, queue or '', 'cannot restore this entry of the unacked hash', now)
+    else
+      local priority = 0
+      if type(data[1]) == 'table' and type(data[1].properties) == 'table' then
+        priority = data[1].properties.priority
+      end
+      local env = mark_redelivered(string.sub(stored, i, e - 1))
+      for _, q in ipairs(targets) do
+        redis.call('RPUSH', step_key(q, step_for(priority)), env)
+        ring(q)
+      end
+      pushed = 1
+    end
+  end
+  drop_lease(tag)
   redis.call('HDEL', C.unacked, tag)
   redis.call('ZREM', C.unacked_index, tag)
-  if not stored then return 0 end
-  local i = string.find(stored, '[^%s]', 2)
-  local e = i and skip_value(stored, i)
-  local ok, data = pcall(cjson.decode, stored)
-  if not queue then
-    queue = (ok and type(data) == 'table' and type(data[3]) == 'string' and data[3]) or ''
-  end
-  if not e or not ok or type(data) ~= 'table' or queue == '' then
-    bury(stored, queue or '', 'unreadable entry in the unacked hash', now)
-    return 0
-  end
-  local env = string.sub(stored, i, e - 1)
-  local priority = 0
-  if type(data[1]) == 'table' and type(data[1].properties) == 'table' then
-    priority = data[1].properties.priority
-  end
-  redis.call('RPUSH', step_key(queue, step_for(priority)), mark_redelivered(env))
-  ring(queue)
-  return 1
+  return pushed
+end
+
+-- Forget a message for good (ack): kombu's entries and our lease records.
+local function forget(tag)
+  drop_lease(tag)
+  redis.call('HDEL', C.unacked, tag)
+  redis.call('ZREM', C.unacked_index, tag)
+  redis.call('SREM', C.started, tag)
 end

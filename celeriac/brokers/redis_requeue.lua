@@ -1,21 +1,19 @@
 -- requeue: give leased messages back now (RPUSH: consumed next) or after a delay.
 --
--- ARGV: [1] layout, [2] consumer id, then groups of 5:
---   tag, queue, list key (full), envelope marked redelivered, due ('' = now) or
---   the delayed-set member to store with that due time.
--- A message is pushed back only if ``consumer`` still holds its lease and its
+-- ARGV: [1] layout, then groups of 6: consumer id, tag, queue, list key (full),
+--   envelope marked redelivered (or, when delayed, the delayed-set member),
+--   due time ('' = now).
+-- A message is pushed back only if that consumer still holds its lease and its
 -- unacked entry exists: otherwise it was already given back (lease expiry, or a
 -- Celery worker's restore) and pushing it again would duplicate it.
 -- Returns how many messages were requeued.
 
-local consumer = ARGV[2]
 local n = 0
-for i = 3, #ARGV - 4, 5 do
-  local tag, queue, key, env, due = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+for i = 2, #ARGV - 5, 6 do
+  local consumer, tag, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local key, env, due = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
   if redis.call('HGET', C.lease_owner, tag) == consumer then
-    drop_lease(tag)
-    redis.call('ZREM', C.unacked_index, tag)
-    if redis.call('HDEL', C.unacked, tag) == 1 then
+    if redis.call('HEXISTS', C.unacked, tag) == 1 then
       if due == '' then
         redis.call('RPUSH', key, env)
       else
@@ -25,6 +23,9 @@ for i = 3, #ARGV - 4, 5 do
       ring(queue)
       n = n + 1
     end
+    drop_lease(tag)
+    redis.call('HDEL', C.unacked, tag)
+    redis.call('ZREM', C.unacked_index, tag)
   end
 end
 return n
