@@ -14,7 +14,8 @@ which ``_`` is appended unless it ends in one of ``: _ - .``, as Celery does)::
     celery-taskset-meta-<gid>.s       string int: the chord size
 
 Atomic steps are the Lua scripts next to this file: ``redis_store.lua`` (a batch of
-metas: SET with TTL + PUBLISH each, skipping ids whose stored status is SUCCESS),
+metas: SET with TTL + PUBLISH each, skipping ids whose stored status is SUCCESS, and
+RETRY over FAILURE/REVOKED),
 ``redis_chord_join.lua`` and ``redis_chord_cleanup.lua`` (Celery 5.7's chord join).
 
 Waiting: each backend keeps, per process, one pub/sub connection read by a daemon
@@ -411,7 +412,10 @@ class RedisBackend(ResultBackend):
         calls = []
         for i in range(0, len(items), BATCH):
             chunk = items[i:i + BATCH]
-            calls.append(([self.key_for(m.task_id) for m in chunk], [ttl, *(m.payload for m in chunk)]))
+            args: list[Any] = [ttl]
+            for m in chunk:
+                args += (m.status, m.payload)
+            calls.append(([self.key_for(m.task_id) for m in chunk], args))
         with self._errors():
             STORE.many(self.client, calls)
 
@@ -517,6 +521,11 @@ class RedisBackend(ResultBackend):
                         done[tid] = meta
                         pending.discard(tid)
                 if listener.generation != generation or time.monotonic() - last_read >= RECHECK_SECONDS:
+                    refresh = True
+                if listener.stopping:   # another thread closed the backend: carry on with a new listener
+                    listener.unsubscribe(box, list(channels))
+                    listener, box = self._listener(), _Mailbox()
+                    listener.subscribe(box, list(channels))
                     refresh = True
         finally:
             listener.unsubscribe(box, list(channels))
