@@ -144,22 +144,28 @@ class ResultBackend(abc.ABC):
 
     def wait_for_many(self, task_ids: Sequence[str], timeout: float | None = None,
                       interval: float = 0.5) -> dict[str, dict[str, Any]]:
+        """Wait until every id is ready.  Ids are checked a window at a time (tasks finish
+        roughly in the order they were sent), so waiting for N results costs O(N) reads."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.prepare_wait(task_ids)
         done: dict[str, dict[str, Any]] = {}
-        pending = list(task_ids)
-        while True:
-            for tid, meta in self.get_many(pending).items():
+        pending = list(dict.fromkeys(task_ids))
+        window = 1000
+        while pending:
+            head = pending[:window]
+            for tid, meta in self.get_many(head).items():
                 if meta["status"] in states.READY_STATES:
                     done[tid] = meta
-            pending = [t for t in pending if t not in done]
-            if not pending:
-                return {t: done[t] for t in task_ids}
+            if all(t in done for t in head):
+                pending = pending[window:]
+                continue
+            pending = [t for t in head if t not in done] + pending[window:]
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"The operation timed out waiting for {len(pending)} tasks.")
             step = interval if not self.push_wakeups else 5.0
-            self._wait(pending, step if remaining is None else min(step, remaining))
+            self._wait(head, step if remaining is None else min(step, remaining))
+        return {t: done[t] for t in task_ids}
 
     def forget(self, task_id: str) -> None:
         self._delete([task_id])

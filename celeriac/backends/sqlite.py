@@ -82,6 +82,13 @@ class SQLiteBackend(ResultBackend):
         self.bell.close()
         self.db.close()
 
+    def writer(self, metas: Sequence[dict[str, Any]]) -> Any:
+        """The statements that store ``metas``, for a caller's transaction on this same file."""
+        items = [StoredMeta(m["task_id"], m["status"], self.encode(m)) for m in metas]
+        exp = None if self.expires is None else time.time() + self.expires
+        rows = [(m.task_id, m.status, m.payload, exp) for m in items]
+        return lambda c: c.executemany(Q_UPSERT, rows) and None
+
     def _set_many(self, items: Sequence[StoredMeta]) -> None:
         now = time.time()
         exp = None if self.expires is None else now + self.expires

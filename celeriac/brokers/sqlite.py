@@ -64,6 +64,9 @@ Q_PROMOTE_DELAYED = "UPDATE celeriac_messages SET state = 0 WHERE state = 2 AND 
 Q_RECLAIM_EXPIRED = ("UPDATE celeriac_messages SET state = 0, lease_owner = NULL, lease_until = 0, "
                      "redelivered = 1 WHERE state = 1 AND lease_until < ?")
 Q_NEXT_DELAYED = "SELECT MIN(not_before) FROM celeriac_messages WHERE state = 2"
+# A read (no write lock in WAL mode): is there anything to lease, promote or reclaim?
+Q_PEEK = ("SELECT EXISTS (SELECT 1 FROM celeriac_messages WHERE state = 0 AND queue IN ({qs})) "
+          "OR EXISTS (SELECT 1 FROM celeriac_messages WHERE state = 2 AND not_before <= ?)")
 Q_LEASE = ("UPDATE celeriac_messages SET state = 1, lease_owner = ?, lease_until = ? "
            "WHERE id IN (SELECT id FROM celeriac_messages WHERE state = 0 AND queue IN ({qs}) "
            "ORDER BY priority, id LIMIT ?) "
@@ -96,6 +99,7 @@ class SQLiteBroker(SQLiteControlMixin, Broker):
         self.db = SQLiteDB(self.path, SCHEMA)
         self.bell = Bell(self.path, "q")
         self._next_reclaim = 0.0
+        self._last_lease = 0.0
 
     def connect(self) -> None:
         self.db.conn()
@@ -119,14 +123,19 @@ class SQLiteBroker(SQLiteControlMixin, Broker):
         self.bell.ring()
 
     # -- consuming -------------------------------------------------------------
-    def _lease(self, queues: Sequence[str], max_count: int, consumer_id: str) -> list[Any]:
+    def _lease(self, queues: Sequence[str], max_count: int, consumer_id: str, settle: Any = None) -> list[Any]:
         now = time.time()
         reclaim = now >= self._next_reclaim
+        qs = ",".join("?" * len(queues))
+        if settle is None and not reclaim and not self.db.read(Q_PEEK.format(qs=qs), (*queues, now))[0][0]:
+            return []
         if reclaim:
             self._next_reclaim = now + 1.0
-        sql = Q_LEASE.format(qs=",".join("?" * len(queues)))
+        sql = Q_LEASE.format(qs=qs)
 
         def tx(c: Any) -> list[Any]:
+            if settle is not None:
+                settle(c)
             c.execute(Q_PROMOTE_DELAYED, (now,))
             if reclaim:
                 c.execute(Q_RECLAIM_EXPIRED, (now,))
@@ -135,12 +144,23 @@ class SQLiteBroker(SQLiteControlMixin, Broker):
         return self.db.write(tx)
 
     def fetch(self, queues: Sequence[str], max_count: int, timeout: float,
-              consumer_id: str) -> list[Delivery]:
+              consumer_id: str, settle: Any = None) -> list[Delivery]:
+        """``settle(conn)``, when given, runs first in the same transaction (acks and
+        results of the previous batch: one write per batch on the embedded store)."""
         deadline = time.monotonic() + timeout
         self.bell.arm()
+        woken = False
         while True:
-            rows = self._lease(queues, max_count, consumer_id) if max_count > 0 else []
+            if woken and time.monotonic() - self._last_lease < 0.05:
+                # Under load, let a few more arrive: fewer, larger leases, and rings sent
+                # meanwhile wake nobody.  An idle consumer (no lease for 50 ms) leases at once.
+                time.sleep(0.001)
+            rows = self._lease(queues, max_count, consumer_id, settle) if max_count > 0 else []
+            if settle is not None and hasattr(settle, "committed"):
+                settle.committed()
+            settle = None
             if rows:
+                self._last_lease = time.monotonic()
                 rows.sort(key=lambda r: (r[2], r[0]))
                 return [
                     Delivery(from_kombu_json(r[4]), r[1], r[3], self, redelivered=bool(r[5]),
@@ -152,12 +172,24 @@ class SQLiteBroker(SQLiteControlMixin, Broker):
                 return []
             nxt = self.db.read(Q_NEXT_DELAYED)[0][0]
             wait = remaining if nxt is None else min(remaining, max(nxt - time.time(), 0.0005))
-            self.bell.wait(min(wait, 1.0))
+            woken = self.bell.wait(min(wait, 1.0))
 
-    def ack(self, deliveries: Iterable[Delivery]) -> None:
+    def ack_statements(self, deliveries: Sequence[Delivery]) -> Any:
         ids = [(d.raw,) for d in deliveries]
-        if ids:
-            self.db.write(lambda c: c.executemany(Q_ACK, ids) and None)
+        return lambda c: c.executemany(Q_ACK, ids) and None
+
+    def ack(self, deliveries: Iterable[Delivery], also: Any = None) -> None:
+        """Ack; ``also(conn)`` runs in the same transaction (results stored in this file)."""
+        ids = [(d.raw,) for d in deliveries]
+
+        def tx(c: Any) -> None:
+            if also is not None:
+                also(c)
+            if ids:
+                c.executemany(Q_ACK, ids)
+
+        if ids or also is not None:
+            self.db.write(tx)
 
     def requeue(self, deliveries: Iterable[Delivery], delay: float | None = None) -> None:
         state, nb = (DELAYED, time.time() + delay) if delay else (READY, 0.0)

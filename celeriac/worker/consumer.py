@@ -68,7 +68,10 @@ class Consumer:
             self.running = [delivery] if delivery is not None else []
 
     # -- fetching --------------------------------------------------------------
-    def fetch(self, capacity: int, timeout: float) -> list[Delivery]:
+    def fetch(self, capacity: int, timeout: float, settle: Any = None) -> list[Delivery]:
+        if settle is not None:
+            return self.broker.fetch(self.queues, capacity, timeout, self.consumer_id,  # type: ignore[call-arg]
+                                     settle=settle)
         return self.broker.fetch(self.queues, capacity, timeout, self.consumer_id)
 
     def prepare(self, delivery: Delivery) -> tuple[TaskMessage, Task[Any, Any]] | None:

@@ -75,8 +75,21 @@ class Slot:
         return {n: int(self.counts[i]) for n, i in self.index.items() if self.counts[i]}
 
 
-def _on_soft_limit(signum: int, frame: Any) -> None:
-    raise SoftTimeLimitExceeded()
+class _Settle:
+    """Results and acks of the last batch, run inside the next lease transaction; the
+    results bell rings as soon as that transaction commits."""
+
+    def __init__(self, store: Any, ack: Any, bell: Any) -> None:
+        self.store, self.ack, self.bell = store, ack, bell
+
+    def __call__(self, conn: Any) -> None:
+        if self.store is not None:
+            self.store(conn)
+        self.ack(conn)
+
+    def committed(self) -> None:
+        if self.store is not None:
+            self.bell.ring()
 
 
 class WorkLoop:
@@ -98,6 +111,7 @@ class WorkLoop:
         self.default_limits = (conf.task_time_limit, conf.task_soft_time_limit)
         self.default_acks_late = bool(conf.task_acks_late)
         self.acks_on_failure = conf.task_acks_on_failure_or_timeout
+        self.combined = self._same_file()
         # soft limits (and, in solo, hard ones) need this process's main thread;
         # a prefork child's hard limit is its supervisor's job
         self.alarm = AlarmTimer(enforce_hard=slot is None) if in_main_thread else None
@@ -119,7 +133,13 @@ class WorkLoop:
         try:
             while not self.stop_event.is_set():
                 try:
-                    batch = consumer.fetch(self.prefetch, timeout=1.0)
+                    settle = None
+                    if self.combined and (metas or acks) and not requeues:
+                        settle = self._settle_fn(metas, acks)
+                    batch = consumer.fetch(self.prefetch, timeout=1.0, settle=settle)
+                    if settle is not None:
+                        metas.clear()
+                        acks.clear()
                     backoff = 0.0
                 except OperationalError as exc:
                     backoff = min(backoff * 2 or 0.5, 10.0)
@@ -133,12 +153,14 @@ class WorkLoop:
                         break
                     self._process(delivery, metas, acks, requeues)
                     now = time.monotonic()
-                    if not batch or len(acks) >= FLUSH_COUNT or now - last_flush > FLUSH_SECONDS:
+                    if (batch and (len(acks) >= FLUSH_COUNT or now - last_flush > FLUSH_SECONDS)) \
+                            or (not batch and not self.combined):
                         self._flush(metas, acks, requeues)
                         last_flush = now
                     if self.max_tasks and self.processed >= self.max_tasks:
                         self.stop_event.set()
-                self._flush(metas, acks, requeues)
+                if not self.combined:
+                    self._flush(metas, acks, requeues)
         finally:
             consumer.stop()
             self._flush(metas, acks, requeues)
@@ -149,9 +171,24 @@ class WorkLoop:
                 except Exception as exc:
                     logger.error("Could not give back %d prefetched messages: %r", len(unfinished), exc)
 
+    def _settle_fn(self, metas: list[dict[str, Any]], acks: list[Delivery]) -> Any:
+        return _Settle(self.app.backend.writer(metas) if metas else None,
+                       self.app.broker.ack_statements(acks), self.app.backend.bell)
+
+    def _same_file(self) -> bool:
+        broker, backend = self.app.broker, self.app.backend
+        path = getattr(broker, "path", None)
+        return path is not None and path == getattr(backend, "path", None) and hasattr(backend, "writer")
+
     def _flush(self, metas: list[dict[str, Any]], acks: list[Delivery], requeues: list[Delivery]) -> None:
         while True:
             try:
+                if metas and acks and self.combined:
+                    # the embedded store: results and acks in one transaction
+                    self.app.broker.ack(acks, also=self.app.backend.writer(metas))
+                    self.app.backend.bell.ring()
+                    metas.clear()
+                    acks.clear()
                 if metas:
                     self.app.backend.store_metas(metas)
                     metas.clear()
