@@ -170,6 +170,18 @@ def sleeper(seconds, tag=None):
 
 
 @app.task
+def stubborn(seconds):
+    """Swallows its soft limit and goes on: only the hard limit stops it."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(max(end - time.monotonic(), 0))
+        except SoftTimeLimitExceeded:
+            event("stubborn_soft")
+    return "outlived"
+
+
+@app.task
 def getpid():
     return os.getpid()
 
