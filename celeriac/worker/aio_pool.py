@@ -43,6 +43,7 @@ from ..protocol.results import exception_to_dict, make_meta
 from .aio import _Interruptible, _uncancel, build_async_chain, resolve_limits
 from .consumer import Consumer
 from .execute import PHASES, ExecContext, context_from_message, middleware_for, record_exception
+from .ratelimit import HOLD_SECONDS, RateLimits
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -148,6 +149,7 @@ class AsyncWorkLoop:
         conf = app.conf
         self.default_acks_late = bool(conf.task_acks_late)
         self.acks_on_failure = conf.task_acks_on_failure_or_timeout
+        self.rate_limits = RateLimits(app)
         self._io = ThreadPoolExecutor(1, thread_name_prefix="celeriac-aio-io")
         self._fetch_pool = ThreadPoolExecutor(1, thread_name_prefix="celeriac-aio-fetch")
         self._sync_pool: ThreadPoolExecutor | None = None
@@ -282,11 +284,13 @@ class AsyncWorkLoop:
             try:
                 batch = await loop.run_in_executor(self._fetch_pool, self._fetch, free)
                 backoff = 0.0
-            except OperationalError as exc:
+            except Exception as exc:
                 backoff = min(backoff * 2 or 0.5, 10.0)
-                logger.error("Cannot fetch from the broker, retrying in %.1fs: %s", backoff, exc)
+                logger.error("Cannot fetch from the broker, retrying in %.1fs: %r", backoff, exc,
+                             exc_info=not isinstance(exc, OperationalError))
+                assert self._wake is not None
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._room.wait(), backoff)
+                    await asyncio.wait_for(self._wake.wait(), backoff)
                 continue
             for delivery, prepared in batch:
                 if prepared is None:
@@ -319,7 +323,11 @@ class AsyncWorkLoop:
     async def _execute(self, run: _Run) -> None:
         _current_run.set(run)
         ctx = run.ctx
+        task = ctx.task
         try:
+            if (task.rate_limit is not None or task.global_rate_limit is not None
+                    or self.rate_limits.default is not None) and not await self._rate_limit(run):
+                return
             await self.chain(ctx)
         except BaseException as exc:
             if run.reason == _COLD:
@@ -347,6 +355,23 @@ class AsyncWorkLoop:
         self.totals[ctx.task.name or ""] = self.totals.get(ctx.task.name or "", 0) + 1
         self._metas.extend(ctx.metas)
         self._settle(run)
+
+    async def _rate_limit(self, run: _Run) -> bool:
+        """Wait for the task's token (briefly, else in the broker); False: the message went back."""
+        loop = asyncio.get_running_loop()
+        task, limits = run.ctx.task, self.rate_limits
+        while True:
+            if task.global_rate_limit is None:
+                wait = limits.delay_for(task)
+            else:  # a broker round trip
+                wait = await loop.run_in_executor(self._io, limits.delay_for, task)
+            if not wait:
+                return True
+            if wait > HOLD_SECONDS or self._stopping:
+                delay = limits.defer(task, wait) if wait > HOLD_SECONDS else None
+                await loop.run_in_executor(self._io, functools.partial(run.delivery.requeue, delay=delay))
+                return False
+            await asyncio.sleep(wait)
 
     def _settle(self, run: _Run) -> None:
         ctx, delivery = run.ctx, run.delivery
@@ -461,7 +486,10 @@ class AsyncWorkLoop:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._full.wait(), FLUSH_SECONDS)
             self._dirty.clear()
-            await loop.run_in_executor(self._io, self._write, *self._take(), False)
+            try:
+                await loop.run_in_executor(self._io, self._write, *self._take(), False)
+            except Exception as exc:  # never let the writer die: the pool would stall
+                logger.exception("Could not write results and acks: %r", exc)
 
     def _take(self) -> tuple[list[dict[str, Any]], list[Delivery], list[Delivery], list[tuple[Delivery, str]]]:
         taken = (self._metas, self._acks, self._requeues, self._rejects)
@@ -476,10 +504,7 @@ class AsyncWorkLoop:
         while metas or acks or requeues or rejects:
             try:
                 if metas:
-                    try:
-                        app.backend.store_metas(metas)
-                    except NotImplementedError:
-                        pass  # no result backend configured
+                    self._store(metas)
                     metas = []
                 while rejects:
                     delivery, reason = rejects[0]
@@ -499,3 +524,22 @@ class AsyncWorkLoop:
                     return
                 logger.error("Cannot store results or ack, retrying: %s", exc)
                 time.sleep(1.0)
+
+    def _store(self, metas: list[dict[str, Any]]) -> None:
+        backend = self.app.backend
+        try:
+            backend.store_metas(metas)
+        except NotImplementedError:
+            pass  # no result backend configured
+        except OperationalError:
+            raise
+        except Exception:  # one result that cannot be encoded: store the others, and its error
+            for meta in metas:
+                try:
+                    backend.store_metas([meta])
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    logger.error("Task %s: cannot store its result: %r", meta.get("task_id"), exc)
+                    backend.store_metas([make_meta(meta["task_id"], states.FAILURE, exception_to_dict(exc),
+                                                   None, ready=True)])
