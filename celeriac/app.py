@@ -15,23 +15,24 @@ from typing import Any, TypeVar, overload
 
 from . import _state, signals
 from .config import Config
-from .exceptions import ImproperlyConfigured, NotRegistered
+from .exceptions import NotRegistered
 from .protocol.message import build_task_message, safe_repr
-from .task import P, R, Task, make_task, validate_task, validate_time_limits
+from .task import P, R, make_task, validate_task, validate_time_limits
+from .task import Task as BaseTask
 
 logger = logging.getLogger("celeriac.app")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class TaskRegistry(dict[str, Task[Any, Any]]):
-    def __missing__(self, key: str) -> Task[Any, Any]:
+class TaskRegistry(dict[str, BaseTask[Any, Any]]):
+    def __missing__(self, key: str) -> BaseTask[Any, Any]:
         raise NotRegistered(key)
 
-    def register(self, task: Task[Any, Any]) -> Task[Any, Any]:
+    def register(self, task: BaseTask[Any, Any]) -> BaseTask[Any, Any]:
         self[task.name or ""] = task
         return task
 
-    def unregister(self, name: str | Task[Any, Any]) -> None:
+    def unregister(self, name: str | BaseTask[Any, Any]) -> None:
         key = name if isinstance(name, str) else (name.name or "")
         try:
             del self[key]
@@ -88,7 +89,7 @@ def _queue_name(q: Any) -> str:
 class Celery:
     """A celeriac application (Celery's ``Celery`` class)."""
 
-    Task: type[Task[Any, Any]] = Task
+    Task: type[BaseTask[Any, Any]] = BaseTask
 
     def __init__(self, main: str | None = None, loader: Any = None, backend: str | None = None,
                  amqp: Any = None, events: Any = None, log: Any = None, control: Any = None,
@@ -206,11 +207,11 @@ class Celery:
 
     # -- tasks -----------------------------------------------------------------
     @overload
-    def task(self, fun: Callable[P, R]) -> Task[P, R]: ...
+    def task(self, fun: Callable[P, R]) -> BaseTask[P, R]: ...
 
     @overload
     def task(self, *, name: str | None = ..., bind: bool = ..., base: Any = ...,
-             **options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+             **options: Any) -> Callable[[Callable[P, R]], BaseTask[P, R]]: ...
 
     def task(self, *args: Any, **opts: Any) -> Any:
         """``@app.task`` or ``@app.task(name=..., bind=True, ...)``."""
@@ -219,24 +220,25 @@ class Celery:
         if args:
             raise TypeError("@task() takes keyword arguments only")
 
-        def decorator(fun: Callable[..., Any]) -> Task[Any, Any]:
+        def decorator(fun: Callable[..., Any]) -> BaseTask[Any, Any]:
             return self._create_task(fun, **opts)
 
         return decorator
 
-    def _create_task(self, fun: Callable[..., Any], **opts: Any) -> Task[Any, Any]:
-        shared = opts.pop("shared", True)
+    def _create_task(self, fun: Callable[..., Any], **opts: Any) -> BaseTask[Any, Any]:
+        opts.pop("shared", None)
         opts.pop("lazy", None)
-        if isinstance(fun, Task):
+        if isinstance(fun, BaseTask):
             return fun
         name = opts.get("name") or None
         task = make_task(self, fun, **opts)
-        if name is None and task.name in self.tasks and getattr(self.tasks[task.name], "_orig_run", None) is fun:
-            return self.tasks[task.name]
+        existing = self.tasks.get(task.name or "")
+        if name is None and existing is not None and getattr(existing, "_orig_run", None) is fun:
+            return existing
         self.tasks.register(task)
         return task
 
-    def register_task(self, task: Task[Any, Any] | type[Task[Any, Any]], **options: Any) -> Task[Any, Any]:
+    def register_task(self, task: BaseTask[Any, Any] | type[BaseTask[Any, Any]], **options: Any) -> BaseTask[Any, Any]:
         """Register a class-based task (an instance or the class itself)."""
         if isinstance(task, type):
             task = task()
@@ -330,7 +332,7 @@ class Celery:
 
     # -- sending ---------------------------------------------------------------
     def _route(self, name: str, args: Any, kwargs: Any, options: dict[str, Any],
-               task: Task[Any, Any] | None) -> str:
+               task: BaseTask[Any, Any] | None) -> str:
         queue = options.get("queue")
         if queue is None:
             router = getattr(self, "_router_cache", None)
@@ -348,7 +350,7 @@ class Celery:
         return _queue_name(queue or self.conf.task_default_queue)
 
     def _message(self, name: str, args: Any, kwargs: Any, task_id: str | None,
-                 task: Task[Any, Any] | None, options: dict[str, Any]) -> tuple[Any, str, float | None]:
+                 task: BaseTask[Any, Any] | None, options: dict[str, Any]) -> tuple[Any, str, float | None]:
         conf = self.conf
         task_id = task_id or str(uuid.uuid4())
         queue = self._route(name, args, kwargs, options, task)
@@ -438,7 +440,7 @@ class Celery:
                   soft_time_limit: float | None = None, root_id: str | None = None,
                   parent_id: str | None = None, route_name: str | None = None, shadow: str | None = None,
                   chain: Any = None, task_type: Any = None, replaced_task_nesting: int = 0,
-                  _task: Task[Any, Any] | None = None, **options: Any) -> Any:
+                  _task: BaseTask[Any, Any] | None = None, **options: Any) -> Any:
         """Send a task by name (the worker needs to know it; this process need not)."""
         from .result import AsyncResult
         self._configure()
@@ -465,19 +467,19 @@ class Celery:
             signals.after_task_publish.send(sender=name, body=None, exchange="", routing_key=queue,
                                             headers=env.headers)
         parent = _state.current_task_request()
-        result = (result_cls or AsyncResult)(task_id, app=self, task_name=name)
+        result: Any = (result_cls or AsyncResult)(task_id, app=self, task_name=name)
         if add_to_parent and parent is not None and getattr(parent, "children", None) is not None:
             parent.children.append(result)
         return result
 
-    def send_many(self, task: Task[Any, Any], calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
+    def send_many(self, task: BaseTask[Any, Any], calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
                   **options: Any) -> list[Any]:
         """Bulk send: every call in one broker round trip."""
         from .brokers import PublishItem
         from .result import AsyncResult
         self._configure()
-        items = []
-        results = []
+        items: list[PublishItem] = []
+        results: list[Any] = []
         name = task.name or ""
         for args, kwargs in calls:
             if task.typing:
@@ -495,7 +497,8 @@ class Celery:
 
     def GroupResult(self, *args: Any, **kwargs: Any) -> Any:
         from .result import GroupResult
-        return GroupResult(*args, app=self, **kwargs)
+        kwargs["app"] = self
+        return GroupResult(*args, **kwargs)
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
         from .canvas import signature
@@ -561,7 +564,7 @@ def shared_task(*args: Any, **kwargs: Any) -> Any:
     def create(fun: Callable[..., Any]) -> Any:
         name = kwargs.get("name")
 
-        def ctor(app: Celery) -> Task[Any, Any]:
+        def ctor(app: Celery) -> BaseTask[Any, Any]:
             return app._create_task(fun, **dict(kwargs))
 
         _state.shared_task_constructors.append(ctor)
@@ -578,11 +581,11 @@ def shared_task(*args: Any, **kwargs: Any) -> Any:
 class _SharedTaskProxy:
     """What ``@shared_task`` returns: the task of that name on the current app."""
 
-    def __init__(self, name: str | None, ctor: Callable[[Celery], Task[Any, Any]]) -> None:
+    def __init__(self, name: str | None, ctor: Callable[[Celery], BaseTask[Any, Any]]) -> None:
         object.__setattr__(self, "_name", name)
         object.__setattr__(self, "_ctor", ctor)
 
-    def _get(self) -> Task[Any, Any]:
+    def _get(self) -> BaseTask[Any, Any]:
         app = _state.get_current_app()
         task = app.tasks.get(self._name)
         if task is None:

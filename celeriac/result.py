@@ -147,9 +147,9 @@ class AsyncResult(Generic[R]):
         value = meta.get("result")
         if meta["status"] in states.EXCEPTION_STATES and is_exception_dict(value):
             return exception_from_dict(value)  # type: ignore[return-value]
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return,return-value]
 
-    wait = get
+    wait = get  # noqa: F811
 
     async def aget(self, timeout: float | None = None, propagate: bool = True,
                    interval: float = 0.5) -> R:
@@ -208,7 +208,9 @@ class EagerResult(AsyncResult[R]):
 
     info = result
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **kwargs: Any) -> R:
+    def get(self, timeout: float | None = None, propagate: bool = True, interval: float = 0.5,
+            no_ack: bool = True, follow_parents: bool = True, disable_sync_subtasks: bool = True,
+            **kwargs: Any) -> R:
         if self._meta["status"] in states.PROPAGATE_STATES and propagate:
             exc = self._meta["result"]
             raise exc if isinstance(exc, BaseException) else exception_from_dict(exc)
@@ -297,7 +299,7 @@ class GroupResult(ResultSet):
     """The results of a group, with its id; ``save()``/``restore()`` keep it in the backend."""
 
     def __init__(self, id: str | None = None, results: Iterable[AsyncResult[Any]] = (),
-                 parent: AsyncResult[Any] | None = None, app: Celery | None = None) -> None:
+                 parent: Any = None, app: Celery | None = None) -> None:
         super().__init__(results, app=app)
         self.id = id
         self.parent = parent

@@ -32,7 +32,7 @@ logger = logging.getLogger("celeriac.task")
 class Context:
     """``task.request``: what the worker knows about the message being executed."""
 
-    id: str | None = None
+    id: Any = None
     args: Any = None
     kwargs: Any = None
     retries = 0
@@ -59,6 +59,7 @@ class Context:
     shadow: str | None = None
     stamps: dict[str, Any] | None = None
     priority: int | None = None
+    date_started: str | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         self.__dict__.update(kwargs)
@@ -159,7 +160,7 @@ class Task(Generic[P, R]):
 
     @property
     def __name__(self) -> str:  # type: ignore[override]
-        return (self.name or type(self).__name__).rsplit(".", 1)[-1]
+        return str(self.name or type(self).__name__).rsplit(".", 1)[-1]
 
     def _get_app(self) -> Celery:
         return self.app if self.app is not None else _state.get_current_app()
@@ -378,10 +379,9 @@ def make_task(app: Celery, fun: Callable[..., Any], base: type[Task[Any, Any]] |
             raise TypeError(f"@task got an unexpected option {key!r} for {task.name}")
         setattr(task, key, value)
     validate_task(task)
-    init = getattr(task, "__init__", None)
-    if init is not None and type(task).__init__ is not object.__init__:
+    if type(task).__init__ is not object.__init__:
         try:
-            task.__init__()
+            type(task).__init__(task)
         except TypeError:
             pass
     return task

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..protocol.message import Envelope
-from .memory_control import MemoryControlMixin
 from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats, take_tokens
-
+from .memory_control import MemoryControlMixin
 
 _RATE_BUCKETS: dict[str, dict[str, tuple[float, float]]] = {}
 

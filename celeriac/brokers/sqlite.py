@@ -17,8 +17,8 @@ from typing import Any
 from .._bell import Bell
 from .._sqlite import SQLiteDB, sqlite_path
 from ..protocol.message import from_kombu_json, to_kombu_json
-from .sqlite_control import SQLiteControlMixin
 from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats, take_tokens
+from .sqlite_control import SQLiteControlMixin
 
 READY, LEASED, DELAYED = 0, 1, 2
 

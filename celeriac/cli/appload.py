@@ -42,9 +42,9 @@ def find_app(spec: str, workdir: str | None = None) -> Celery:
                 module = importlib.import_module(parent)
             except ModuleNotFoundError:
                 raise AppNotFound(f"The module {module_name} was not found.") from None
-            value = getattr(module, last, None)
-            if isinstance(value, Celery):
-                return value
+            found = getattr(module, last, None)
+            if isinstance(found, Celery):
+                return found
             raise AppNotFound(f"The module {module_name} was not found.") from None
         if exc.name and module_name.split(".")[0] == exc.name.split(".")[0] and exc.name in module_name:
             raise AppNotFound(f"The module {module_name} was not found.") from None

@@ -67,13 +67,13 @@ def demo(count: int, concurrency: int, db: str | None) -> None:
         table.add_column("task")
         table.add_column("state")
         table.add_column("result")
-        for r, v in zip(results[:5], values):
+        for r, v in zip(results[:5], values, strict=True):
             table.add_row(escape(f"add[{r.id[:8]}]"), r.state, repr(v))
-        for r in failing:
-            r.get(timeout=30, propagate=False)
-            table.add_row(escape(f"divide[{r.id[:8]}]"), r.state, repr(r.result))
-        for r in delayed:
-            table.add_row(escape(f"slow_square[{r.id[:8]}] (countdown=1)"), "SUCCESS", repr(r.get(timeout=30)))
+        for f in failing:
+            f.get(timeout=30, propagate=False)
+            table.add_row(escape(f"divide[{f.id[:8]}]"), f.state, repr(f.result))
+        for d in delayed:
+            table.add_row(escape(f"slow_square[{d.id[:8]}] (countdown=1)"), "SUCCESS", repr(d.get(timeout=30)))
         console.print(table)
         assert all(r.state == "FAILURE" for r in failing)
         console.print(f"sent {count} tasks in {sent - t0:.2f}s ({count / (sent - t0):,.0f} tasks/s); "

@@ -210,8 +210,8 @@ class Supervisor:
         running = child.slot.running()
         try:
             held = broker.leased(child.consumer_id)
-        except Exception as exc:
-            logger.error("Cannot list the messages of a dead process: %r", exc)
+        except Exception as list_error:
+            logger.error("Cannot list the messages of a dead process: %r", list_error)
             held = []
         give_back = []
         for d in held:
