@@ -69,6 +69,7 @@ from .base import (
     PublishItem,
     QueueStats,
 )
+from .redis_pidbox import RedisPidboxMixin  # remote control: pub/sub, reply queues, revoked ids
 
 SEP = "\x06\x16"
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
@@ -119,8 +120,8 @@ def _redelivered_flag(env: Envelope) -> bool:
     return bool(env.headers.get("redelivered") or (isinstance(info, dict) and info.get("redelivered")))
 
 
-class RedisBroker(Broker):
-    capabilities = Capabilities(native_delay=True, priority=True, broadcast=False,
+class RedisBroker(RedisPidboxMixin, Broker):
+    capabilities = Capabilities(native_delay=True, priority=True, broadcast=True,
                                 global_rate_limit=True, leases=True)
 
     def __init__(self, url: str, *, lease_seconds: float | None = None,
