@@ -117,6 +117,8 @@ class Consumer:
             logger.info("Discarding revoked task: %s[%s]", msg.task, msg.id)
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("revoked")), ready=True)])
+            if signals.task_revoked.receivers:
+                signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=False)
             delivery.ack()
             return None
         if msg.eta is not None and msg.eta > now:

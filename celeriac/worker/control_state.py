@@ -139,6 +139,7 @@ def record_terminated(app: Celery, delivery: Delivery, running: tuple[Any, ...],
     except Exception as exc:
         logger.error("Could not store the REVOKED state of %s: %r", task_id, exc)
     if signals.task_revoked.receivers:
-        signals.task_revoked.send(sender=app.tasks.get(name), request=None, terminated=True,
-                                  signum=signum, expired=False)
+        from ..task import Context
+        signals.task_revoked.send(sender=app.tasks.get(name), request=Context(id=task_id, task=name),
+                                  terminated=True, signum=signum, expired=False)
     delivery.ack()

@@ -41,6 +41,13 @@ def record(path, n):
         f.write(f'{{n}}\\n')
     return n
 
+from celeriac.signals import task_revoked
+
+@task_revoked.connect
+def on_revoked(sender=None, request=None, terminated=None, signum=None, expired=None, **kwargs):
+    with open(os.path.join(os.path.dirname(__file__), 'revoked.log'), 'a') as f:
+        f.write(f'{{request.id}} {{sender.name}} {{terminated}} {{signum}}\\n')
+
 @app.task
 def stamp(path):
     with open(path, 'a') as f:
@@ -139,6 +146,8 @@ def test_revoked_before_start_never_runs(env):
         assert out.read_text() == "3\n"
         assert "Discarding revoked task" in worker.log() or "revoked" in worker.log()
         assert set(node(client, command="revoked")) >= {later.id, queued.id}
+    lines = (tmp_path / "revoked.log").read_text().splitlines()
+    assert sorted(lines) == sorted(f"{r.id} capp.record False None" for r in (later, queued))
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
@@ -159,6 +168,8 @@ def test_revoke_terminate_stops_a_running_task(env, sig):
         assert len(set(after) - set(before)) == 1  # the killed process was replaced
         assert client.send_task("capp.add", (1, 1)).get(timeout=20) == 2
         assert "WorkerLostError" not in worker.log()
+    signum = {"SIGTERM": 15, "SIGKILL": 9}[sig]
+    assert (tmp_path / "revoked.log").read_text() == f"{res.id} capp.long True {signum}\n"
 
 
 def test_terminate_via_async_result(env):
