@@ -45,6 +45,7 @@ logger = logging.getLogger("celeriac.beat")
 
 DEFAULT_LEASE_SECONDS = 5.0
 STEPS_PER_PASS = 100
+STUCK_POLL = 0.1
 
 
 def _us(seconds: float) -> int:
@@ -97,6 +98,7 @@ class Scheduler:
         self._next_lease_at = 0.0
         self._next_recovery_at = 0.0
         self._schedules: dict[str, BaseSchedule | None] = {}
+        self._stuck = False
 
     @property
     def takeover_bound(self) -> float:
@@ -138,7 +140,9 @@ class Scheduler:
         now = self.clock()
         delay = self._next_lease_at - now
         if nxt is not None:
-            delay = min(delay, nxt / SECOND - now)
+            # an entry still due after the pass either fell due meanwhile (come back now) or is
+            # stuck (a pending tick waiting for recovery, an unreadable schedule): poll gently
+            delay = min(delay, max(nxt / SECOND - now, STUCK_POLL if self._stuck else 0.0))
         if self.max_interval:
             delay = min(delay, self.max_interval)
         return max(delay, 0.0)
@@ -174,11 +178,12 @@ class Scheduler:
     def _send_due(self) -> bool:
         """Claim and send every due tick; True if some remain (sleep 0 and come back)."""
         now = self._now()
-        more = False
+        more = self._stuck = False
         catchup = _us(self.catchup_seconds)
         for entry in self.store.due(now):
             sched = self._schedule(entry)
             if sched is None:
+                self._stuck = True
                 continue
             p = plan(sched, entry.next_run, now, self.policy, catchup, STEPS_PER_PASS)
             for i, step in enumerate(p.steps):
@@ -192,6 +197,7 @@ class Scheduler:
                     break
                 if not self.store.claim(entry.name, step.expected, step.new_next, step.tick, self.owner,
                                         self._now()):
+                    self._stuck = True  # lost the race, or a pending tick blocks it
                     break
                 if i == 0 and p.policy is not None:
                     logger.warning("Scheduler: %s missed its ticks from %s to %s while no beat ran; "
@@ -199,6 +205,7 @@ class Scheduler:
                                    _fmt(p.missed_to or 0), "once, late" if p.policy == "once" else "each",
                                    p.policy)
                 if not self._send(entry, step.tick):
+                    self._stuck = True
                     break
             else:
                 more = more or len(p.steps) == STEPS_PER_PASS

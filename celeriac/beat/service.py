@@ -10,7 +10,7 @@ import threading
 from datetime import datetime
 from typing import Any
 
-from .. import __version__
+from .. import __version__, signals
 from ..exceptions import ImproperlyConfigured
 from .scheduler import Scheduler
 
@@ -133,8 +133,13 @@ class EmbeddedBeat:
         sched = self.scheduler = self.scheduler_cls(self.app, **self.kwargs)
         sched.setup()
         logger.info("beat: Starting (embedded in this process)...")
+        # stop sending as soon as the worker begins to shut down, not after its pool drained
+        signals.worker_shutting_down.connect(self._on_shutdown, dispatch_uid=("celeriac.beat", id(self)))
         self._thread = threading.Thread(target=self._run, name="Beat", daemon=True)
         self._thread.start()
+
+    def _on_shutdown(self, **kwargs: Any) -> None:
+        self._stop.set()
 
     def _run(self) -> None:
         assert self.scheduler is not None
@@ -145,6 +150,7 @@ class EmbeddedBeat:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        signals.worker_shutting_down.disconnect(dispatch_uid=("celeriac.beat", id(self)))
         if self._thread is not None:
             self._thread.join(timeout)
         if self.scheduler is not None:

@@ -269,6 +269,24 @@ def test_only_the_leader_sends_and_a_standby_takes_over_within_the_bound(make_ap
     assert not a.is_leader and sent(app) == []
 
 
+def test_a_leader_that_stops_cleanly_hands_over_within_a_renew_interval(make_app, schedulers):
+    app = make_app(EVERY_SECOND)  # 5 s lease
+    clock = Clock()
+    a, b = schedulers(app, clock, "A"), schedulers(app, clock, "B")
+    for s in (a, b):
+        s.setup()
+        s.tick()
+    run(a, clock, T0 + 2)
+    a.close()  # releases the lease
+    stopped = clock.t
+    while not b.is_leader:
+        clock.t = round(clock.t + 0.1, 6)
+        b.tick()
+    assert clock.t - stopped <= b.renew_interval + 0.1
+    run(b, clock, T0 + 4)
+    assert ids(app) == [tid("sec", T0 + i) for i in range(1, 5)]
+
+
 def test_split_brain_during_handover_still_sends_each_tick_once(make_app, schedulers):
     """Two schedulers both believe they lead (a skewed clock): the compare-and-set keeps ticks single."""
     app = make_app(EVERY_SECOND, beat_lease_seconds=2.0)
@@ -304,11 +322,33 @@ def test_a_tick_claimed_by_a_sender_that_died_is_sent_again_with_the_same_id(mak
     clock.t = T0 + 1.5
     s.tick()
     assert sent(app) == []  # the claim is younger than the lease: its owner may still be sending
+    clock.t = T0 + 2.2
+    assert s.tick() >= 0.1  # the entry is due but blocked behind the pending tick: no busy loop
+    assert sent(app) == []
     with caplog.at_level(logging.WARNING, logger="celeriac.beat"):
         run(s, clock, T0 + 4)
     assert "dead:1 claimed it and stopped before confirming the send" in caplog.text
     assert ids(app) == [tid("sec", T0 + i) for i in range(1, 5)]
     assert s.store.pending() == []
+
+
+def test_an_unreadable_schedule_in_the_store_is_logged_and_does_not_stop_the_others(make_app, schedulers,
+                                                                                    caplog):
+    from celeriac.beat.entries import Entry
+    app = make_app(EVERY_SECOND)
+    clock = Clock()
+    s = schedulers(app, clock, "A")
+    s.setup()
+    bad = {"type": "crontab", "minute": "99", "hour": "*", "day_of_week": "*", "day_of_month": "*",
+           "month_of_year": "*", "tz": None}
+    assert s.store.put(Entry("bad", "proj.t", bad, next_run=us(T0 + 1)))
+    with caplog.at_level(logging.ERROR, logger="celeriac.beat"):
+        clock.t = T0 + 1
+        assert s.tick() >= 0.1
+        clock.t = T0 + 2
+        s.tick()
+    assert caplog.text.count("entry 'bad' has an invalid schedule") == 1
+    assert ids(app) == [tid("sec", T0 + 1), tid("sec", T0 + 2)]
 
 
 # -- configuration -----------------------------------------------------------------
