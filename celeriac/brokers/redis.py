@@ -45,6 +45,11 @@ abandoned more than ``visibility_timeout`` seconds ago (mixed fleets).
 
 ``visibility_timeout`` (Celery's option, default 3600) is also the lease length
 when ``lease_seconds`` is not given explicitly.
+
+Only celeriac consumers move due messages out of the delayed zsets.  When a queue
+is consumed by Celery workers alone, set the transport option ``eta_in_broker`` to
+False: ETA/countdown messages then go on the queue at once, eta in the headers,
+as Celery sends them (a celeriac worker that takes one puts it back in the zset).
 """
 
 from __future__ import annotations
@@ -134,6 +139,10 @@ class RedisBroker(RedisPidboxMixin, Broker):
         self.sep = str(opts.get("sep") or SEP)
         self.steps = tuple(sorted({int(s) for s in opts.get("priority_steps") or DEFAULT_PRIORITY_STEPS}))
         self.polling_interval = float(opts.get("polling_interval") or DEFAULT_POLLING_INTERVAL)
+        # False: an ETA/countdown message goes on its queue at once with its eta header, as
+        # Celery sends it, so Celery workers (which hold it themselves) can run it; ours
+        # hand it back to the delayed zset.  Needed when no celeriac worker consumes the queue.
+        self.eta_in_broker = str(opts.get("eta_in_broker", True)).lower() not in ("0", "false", "no", "off")
         self.unacked_key = self.prefix + str(opts.get("unacked_key") or UNACKED_KEY)
         self.unacked_index_key = self.prefix + str(opts.get("unacked_index_key") or UNACKED_INDEX_KEY)
         self._conn = connect(url, opts)
@@ -223,7 +232,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         for it in items:
             payload = to_kombu_json(it.envelope, it.exchange, it.queue, str(uuid.uuid4()))
             step = self.step_for(it.envelope.priority)
-            if it.not_before is not None and it.not_before > now:
+            if it.not_before is not None and it.not_before > now and self.eta_in_broker:
                 member = self._delayed_member(it.queue, step, payload)
                 pipe.zadd(self._k(DELAYED_KEY), {member: it.not_before})
                 pipe.zadd(self._k(QUEUE_DELAYED_PREFIX + it.queue), {member: it.not_before})
