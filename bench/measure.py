@@ -20,8 +20,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of a process and its children (KiB)."""
+def rss_kib(pid: int, field: str = "VmRSS:") -> int:
+    """Resident memory of a process and its children (KiB): RSS (shared pages counted in
+    every process) or, with field="Pss:", the proportional share (shared pages split)."""
     total = 0
     pids = [pid]
     try:
@@ -31,9 +32,9 @@ def rss_kib(pid: int) -> int:
         pass
     for p in pids:
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/status" if field == "VmRSS:" else f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(field):
                         total += int(line.split()[1])
         except OSError:
             pass
@@ -75,16 +76,20 @@ def drain(app, queue: str = "celery", timeout: float = 300) -> None:
                 return
             time.sleep(0.002)
         raise SystemExit("queue did not drain")
-    with app.connection_for_write() as conn:  # Celery: queue length through kombu
-        while time.time() < deadline:
-            _, count, _ = conn.default_channel.queue_declare(queue, passive=True)
-            unacked = 0
-            client = getattr(conn.default_channel, "client", None)
-            if client is not None:
-                unacked = client.hlen(os.environ.get("BENCH_PREFIX", "") + "unacked")
-            if count == 0 and unacked == 0:
-                return
-            time.sleep(0.002)
+    import redis  # Celery on Redis: the queue lists and kombu's unacked hash
+    r = redis.Redis.from_url(os.environ["BENCH_BROKER"])
+    prefix = os.environ.get("BENCH_PREFIX", "")
+    keys = [prefix + queue + suffix for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")]
+    while time.time() < deadline:
+        pipe = r.pipeline()
+        for key in keys:
+            pipe.llen(key)
+        pipe.hlen(prefix + "unacked")
+        if sum(pipe.execute()) == 0:
+            r.close()
+            return
+        time.sleep(0.002)
+    r.close()
     raise SystemExit("queue did not drain")
 
 
@@ -129,6 +134,7 @@ def main() -> None:
         out["drain_backlog_per_s_incl_startup"] = backlog / (time.perf_counter() - t0)
         time.sleep(1.0)
         out["idle_worker_rss_kib"] = rss_kib(proc.pid)
+        out["idle_worker_pss_kib"] = rss_kib(proc.pid, "Pss:")
         # 4. end to end without results: send n (single calls) while the worker runs, until drained
         t0 = time.perf_counter()
         for i in range(n):

@@ -12,7 +12,6 @@ import hashlib
 import os
 import select
 import socket
-import tempfile
 import threading
 import weakref
 
@@ -20,7 +19,7 @@ import weakref
 class Bell:
     def __init__(self, key: str, channel: str) -> None:
         digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-        self.dir = os.path.join(tempfile.gettempdir(), f"celeriac-bell-{digest}-{channel}")
+        self.dir = os.path.join(os.environ.get("TMPDIR") or "/tmp", f"celeriac-bell-{digest}-{channel}")
         self._lock = threading.Lock()
         self._sock: socket.socket | None = None
         self._path: str | None = None

@@ -37,7 +37,6 @@ cached and rebuilt only after a write, so reads are a dict lookup.
 from __future__ import annotations
 
 import copy
-import difflib
 import importlib
 import os
 import re
@@ -119,8 +118,10 @@ def looks_like_setting(key: str) -> bool:
 
 def _suggest(key: str) -> str | None:
     if key.isupper():
+        import difflib
         found = difflib.get_close_matches(key, _UPPER_CANDIDATES, n=1, cutoff=0.7)
     else:
+        import difflib
         found = difflib.get_close_matches(key.lower(), _LOWER_CANDIDATES, n=1, cutoff=0.7)
     return found[0] if found else None
 

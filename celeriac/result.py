@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -154,6 +153,7 @@ class AsyncResult(Generic[R]):
     async def aget(self, timeout: float | None = None, propagate: bool = True,
                    interval: float = 0.5) -> R:
         """``await result.aget()``: wait without blocking the event loop."""
+        import asyncio
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.get(timeout=timeout, propagate=propagate, interval=interval,
                                    disable_sync_subtasks=False))

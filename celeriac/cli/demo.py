@@ -10,10 +10,6 @@ import tempfile
 import time
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 
 @click.command()
@@ -24,6 +20,11 @@ from rich.table import Table
 @click.option("--db", help="SQLite file to use [default: a fresh temporary file].")
 def demo(count: int, concurrency: int, db: str | None) -> None:
     """Start a worker on the embedded SQLite broker, send tasks, show results and throughput."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
     console = Console(stderr=False)
     tmp = tempfile.mkdtemp(prefix="celeriac-demo-")
     path = os.path.abspath(db or os.path.join(tmp, "demo.db"))

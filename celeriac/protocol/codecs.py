@@ -8,15 +8,11 @@ objects, the convention kombu's JSON uses, so Celery peers decode them too.
 from __future__ import annotations
 
 import base64
-import bz2
 import json
-import lzma
-import pickle
 import uuid
 import zlib
 from collections.abc import Callable, Collection
 from datetime import date, datetime, time
-from decimal import Decimal
 from typing import Any
 
 from ..exceptions import ContentDisallowed, DecodeError
@@ -69,7 +65,7 @@ def _default(o: Any) -> Any:
         return _as("date", o.isoformat())
     if isinstance(o, time):
         return _as("time", o.isoformat())
-    if isinstance(o, Decimal):
+    if type(o).__name__ == "Decimal":
         return _as("decimal", str(o))
     if isinstance(o, uuid.UUID):
         return _as("uuid", o.hex)
@@ -89,7 +85,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "datetime": datetime.fromisoformat,
     "date": date.fromisoformat,
     "time": time.fromisoformat,
-    "decimal": Decimal,
+    "decimal": lambda v: __import__("decimal").Decimal(v),
     "uuid": lambda v: uuid.UUID(v),
     "bytes": lambda v: v.encode("utf-8"),
     "base64": lambda v: base64.b64decode(v),
@@ -126,6 +122,7 @@ def dumps(obj: Any, serializer: str = "json") -> tuple[str, str, bytes]:
     if mime == JSON:
         return JSON, "utf-8", json_dumps(obj).encode("utf-8")
     if mime == PICKLE:
+        import pickle
         return PICKLE, "binary", pickle.dumps(obj, protocol=4)
     if mime == MSGPACK:
         try:
@@ -158,6 +155,7 @@ def loads(
             return json_loads(data)
         raw = data.encode("utf-8") if isinstance(data, str) else data
         if mime == PICKLE:
+            import pickle
             return pickle.loads(raw)
         if mime == MSGPACK:
             import msgpack
@@ -187,8 +185,10 @@ def compress(data: bytes, method: str) -> tuple[str, bytes]:
     if mime == "application/x-gzip":
         return mime, zlib.compress(data)
     if mime == "application/x-bz2":
+        import bz2
         return mime, bz2.compress(data)
     if mime == "application/x-lzma":
+        import lzma
         return mime, lzma.compress(data)
     raise ValueError(f"Unknown compression {method!r} (known: {', '.join(COMPRESSIONS)})")
 
@@ -198,8 +198,10 @@ def decompress(data: bytes, mime: str) -> bytes:
         if mime == "application/x-gzip":
             return zlib.decompress(data)
         if mime == "application/x-bz2":
+            import bz2
             return bz2.decompress(data)
         if mime == "application/x-lzma":
+            import lzma
             return lzma.decompress(data)
     except Exception as exc:
         raise DecodeError(f"Cannot decompress {mime} body: {exc!r}") from exc
