@@ -60,6 +60,7 @@ class WorkerProcess:
         if ready:
             wait_for(lambda: "ready." in self.log() or self.proc.poll() is not None, 60, message="worker ready")
             if self.proc.poll() is not None:
+                self._log.close()
                 raise AssertionError(f"worker exited early ({self.proc.returncode}):\n{self.log()}")
 
     def log(self) -> str:

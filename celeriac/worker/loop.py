@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -95,13 +96,15 @@ class _Settle:
 class WorkLoop:
     def __init__(self, app: Celery, queues: Sequence[str], consumer_id: str, hostname: str,
                  prefetch: int, slot: Slot | None = None, max_tasks: int | None = None,
-                 in_main_thread: bool = False, rate_limits: RateLimits | None = None) -> None:
+                 in_main_thread: bool = False, rate_limits: RateLimits | None = None,
+                 max_memory_kib: int | None = None) -> None:
         self.app = app
         self.consumer = Consumer(app, queues, consumer_id, hostname)
         self.hostname = hostname
         self.prefetch = max(1, prefetch)
         self.slot = slot
         self.max_tasks = max_tasks
+        self.max_memory_kib = max_memory_kib  # prefork: recycle the child after the task that passed it
         self.in_main_thread = in_main_thread
         self.chain = build_chain(middleware_for(app))
         self.stop_event = threading.Event()
@@ -119,6 +122,18 @@ class WorkLoop:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _over_memory(self) -> bool:
+        try:
+            with open("/proc/self/statm") as f:
+                rss = int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+        except (OSError, ValueError, IndexError):
+            return False
+        if rss > (self.max_memory_kib or 0):
+            logger.warning("Process uses %d KiB, more than max_memory_per_child (%d KiB): "
+                           "replacing it after this task", rss, self.max_memory_kib)
+            return True
+        return False
 
     # -- main loop -------------------------------------------------------------
     def run(self) -> None:
@@ -158,6 +173,8 @@ class WorkLoop:
                         self._flush(metas, acks, requeues)
                         last_flush = now
                     if self.max_tasks and self.processed >= self.max_tasks:
+                        self.stop_event.set()
+                    if self.max_memory_kib and self._over_memory():
                         self.stop_event.set()
                 if not self.combined:
                     self._flush(metas, acks, requeues)

@@ -60,12 +60,14 @@ def _exit_with_parent(parent: int) -> None:
 
 def child_main(app: Celery, index: int, queues: Sequence[str], consumer_id: str, hostname: str,
                prefetch: int, slot: Slot, max_tasks: int | None, redirect: bool,
-               rate_share: float = 1.0, control: ControlState | None = None) -> None:
+               rate_share: float = 1.0, control: ControlState | None = None,
+               max_memory: int | None = None) -> None:
     multiprocessing.current_process().name = f"ForkPoolWorker-{index}"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     loop = WorkLoop(app, queues, consumer_id, hostname, prefetch, slot=slot, max_tasks=max_tasks,
-                    in_main_thread=True, rate_limits=RateLimits(app, share=rate_share))
+                    in_main_thread=True, rate_limits=RateLimits(app, share=rate_share),
+                    max_memory_kib=max_memory)
     signal.signal(signal.SIGTERM, lambda *_: loop.stop())
     if control is not None:  # revocations, task limits and terminate requests from the control thread
         loop.consumer.control = control
@@ -122,7 +124,7 @@ class Supervisor:
                                   slot, self.max_tasks, self.redirect,
                                   1.0 / max(self.autoscale[0] if self.autoscale else self.concurrency, 1),
                                   self.control),
-                            daemon=False)
+                            kwargs={"max_memory": self.max_memory}, daemon=False)
         proc.start()
         self.children[index] = Child(index, proc, consumer_id, slot, time.monotonic())
 
