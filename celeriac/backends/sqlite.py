@@ -85,24 +85,41 @@ class SQLiteBackend(ResultBackend):
     def writer(self, metas: Sequence[dict[str, Any]]) -> Any:
         """The statements that store ``metas``, for a caller's transaction on this same file."""
         items = [StoredMeta(m["task_id"], m["status"], self.encode(m)) for m in metas]
-        exp = None if self.expires is None else time.time() + self.expires
+        now = time.time()
+        exp = None if self.expires is None else now + self.expires
         rows = [(m.task_id, m.status, m.payload, exp) for m in items]
-        return lambda c: c.executemany(Q_UPSERT, rows) and None
+        cleanup = self._cleanup_due(now)
+
+        def write(c: Any) -> None:
+            c.executemany(Q_UPSERT, rows)
+            if cleanup:
+                self._delete_expired(c, now)
+
+        return write
+
+    def _cleanup_due(self, now: float) -> bool:
+        """Expired rows are deleted by a write at most every min(result_expires, 60) s."""
+        if self.expires is None or now < self._next_cleanup:
+            return False
+        self._next_cleanup = now + min(60.0, max(float(self.expires), 1.0))
+        return True
+
+    @staticmethod
+    def _delete_expired(c: Any, now: float) -> None:
+        c.execute(Q_CLEANUP, (now,))
+        for q in Q_CHORD_CLEANUP:
+            c.execute(q, (now,))
 
     def _set_many(self, items: Sequence[StoredMeta]) -> None:
         now = time.time()
         exp = None if self.expires is None else now + self.expires
         rows = [(m.task_id, m.status, m.payload, exp) for m in items]
-        cleanup = now >= self._next_cleanup and self.expires is not None
-        if cleanup:
-            self._next_cleanup = now + min(60.0, max(float(self.expires or 0), 1.0))
+        cleanup = self._cleanup_due(now)
 
         def tx(c: Any) -> None:
             c.executemany(Q_UPSERT, rows)
             if cleanup:
-                c.execute(Q_CLEANUP, (now,))
-                for q in Q_CHORD_CLEANUP:
-                    c.execute(q, (now,))
+                self._delete_expired(c, now)
 
         self.db.write(tx)
         self.bell.ring()

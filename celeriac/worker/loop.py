@@ -176,7 +176,7 @@ class WorkLoop:
                         self.stop_event.set()
                     if self.max_memory_kib and self._over_memory():
                         self.stop_event.set()
-                if not self.combined:
+                if not self.combined or requeues:  # requeues (Reject(requeue=True)) are not settled in a lease
                     self._flush(metas, acks, requeues)
         finally:
             consumer.stop()
