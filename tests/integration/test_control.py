@@ -67,9 +67,10 @@ def env(tmp_path: Path):
     client.close()
 
 
-def node(client: Celery, name: str = W1, timeout: float = 1.0, command: str = "stats", **kw):
-    """One node's reply to an inspect command (None when it did not answer)."""
-    replies = getattr(client.control.inspect(timeout=timeout), command)(**kw) or {}
+def node(client: Celery, name: str = W1, timeout: float = 10.0, command: str = "stats", **kw):
+    """One node's reply to an inspect command (None when it did not answer).  Addressed to
+    that node, so the call returns as soon as it answers (generous timeout for busy CI)."""
+    replies = getattr(client.control.inspect(destination=[name], timeout=timeout), command)(**kw) or {}
     return replies.get(name)
 
 
@@ -80,10 +81,10 @@ def started(marker: Path) -> bool:
 def test_ping_registered_stats_and_queues(env):
     tmp_path, client = env
     with WorkerProcess(tmp_path, "capp", "-c", "2", "-n", "w1@%h"):
-        assert client.control.ping() == [{W1: {"ok": "pong"}}]
+        assert wait_for(lambda: client.control.ping(), 20) == [{W1: {"ok": "pong"}}]  # seed 003
         assert client.control.ping(destination=[W1], timeout=5) == [{W1: {"ok": "pong"}}]
         assert client.control.ping(destination=["nobody@nowhere"], timeout=0.3) == []
-        assert client.control.inspect().ping() == {W1: {"ok": "pong"}}
+        assert client.control.inspect(timeout=5).ping(destination=[W1]) == {W1: {"ok": "pong"}}
         registered = node(client, command="registered")
         assert registered == ["capp.add", "capp.long", "capp.record", "capp.stamp"]
         assert client.send_task("capp.add", (1, 2)).get(timeout=20) == 3
@@ -211,14 +212,13 @@ def test_revoke_reaches_every_worker(env):
     out = tmp_path / "out"
     with WorkerProcess(tmp_path, "capp", "-c", "1", "-n", "w1@%h"), \
             WorkerProcess(tmp_path, "capp", "-P", "threads", "-c", "2", "-n", "w2@%h"):
-        pongs = client.control.ping(timeout=2)
+        pongs = client.control.ping(destination=[W1, f"w2@{HOST}"], timeout=10)  # both answer
         assert sorted(next(iter(p)) for p in pongs) == [W1, f"w2@{HOST}"]
         ids = [str(uuid.uuid4()) for _ in range(6)]
         client.control.revoke(ids)
-        wait_for(lambda: all(set(ids) <= set(v) for v in
-                             (client.control.inspect(timeout=1).revoked() or {"x": []}).values())
-                 and len(client.control.inspect(timeout=1).revoked() or {}) == 2, 20,
-                 message="both workers list the revoked ids")
+        for name in (W1, f"w2@{HOST}"):
+            wait_for(lambda n=name: set(ids) <= set(node(client, n, command="revoked") or ()), 20,
+                     message=f"{name} lists the revoked ids")
         results = [client.send_task("capp.record", (str(out), i), task_id=t) for i, t in enumerate(ids)]
         for r in results:
             wait_for(lambda r=r: r.state == "REVOKED", 30, message="REVOKED")

@@ -91,13 +91,14 @@ def env(tmp_path: Path, r: redis.Redis):
 
 
 def node(client: Celery, command: str = "stats", name: str = W1, **kw):
-    return (getattr(client.control.inspect(timeout=1.0), command)(**kw) or {}).get(name)
+    """One node's reply, addressed to it: returns as soon as it answers."""
+    return (getattr(client.control.inspect(destination=[name], timeout=10), command)(**kw) or {}).get(name)
 
 
 def test_ping_inspect_and_stats_on_redis(env):
     tmp_path, client, _ = env
     with WorkerProcess(tmp_path, "rapp", "-c", "2", "-n", "w1@%h"):
-        assert client.control.ping(timeout=2) == [{W1: {"ok": "pong"}}]
+        assert wait_for(lambda: client.control.ping(timeout=2), 20) == [{W1: {"ok": "pong"}}]
         assert node(client, "registered") == ["rapp.add", "rapp.long", "rapp.record"]
         assert client.send_task("rapp.add", (2, 3)).get(timeout=20) == 5
         stats = wait_for(lambda: (s := node(client)) and s["total"].get("rapp.add") == 1 and s, 20,
@@ -239,7 +240,7 @@ def test_our_control_reaches_a_real_celery_worker(env):
         name = f"cw@{HOST}"
         pongs = wait_for(lambda: client.control.ping(timeout=1), 60, interval=0.5, message="celery worker pong")
         assert pongs == [{name: {"ok": "pong"}}]
-        registered = (client.control.inspect(timeout=2).registered() or {}).get(name)
+        registered = node(client, "registered", name)
         assert registered and "rapp.add" in registered
         assert client.send_task("rapp.add", (1, 2)).get(timeout=30) == 3
         client.control.shutdown(destination=[name])
