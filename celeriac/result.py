@@ -164,7 +164,8 @@ class AsyncResult(Generic[R]):
 
     def revoke(self, connection: Any = None, terminate: bool = False, signal: str | None = None,
                wait: bool = False, timeout: float | None = None) -> None:
-        self.app.control.revoke(self.id, terminate=terminate, signal=signal)
+        self.app.control.revoke(self.id, terminate=terminate, signal=signal, reply=wait,
+                                timeout=timeout or 1.0)
 
     def then(self, callback: Any, on_error: Any = None, weak: bool = False) -> None:
         raise TypeError("AsyncResult.then() needs a promise-based backend; use link= instead")
@@ -260,9 +261,12 @@ class ResultSet:
     def completed_count(self) -> int:
         return sum(m["status"] == states.SUCCESS for m in self._metas().values())
 
-    def revoke(self, terminate: bool = False, signal: str | None = None, **kwargs: Any) -> None:
-        for r in self.results:
-            r.revoke(terminate=terminate, signal=signal)
+    def revoke(self, connection: Any = None, terminate: bool = False, signal: str | None = None,
+               wait: bool = False, timeout: float | None = None, **kwargs: Any) -> None:
+        """Revoke every task of the set in one broadcast."""
+        if self.results:
+            self.app.control.revoke([r.id for r in self.results], terminate=terminate, signal=signal,
+                                    reply=wait, timeout=timeout or 1.0)
 
     def forget(self) -> None:
         for r in self.results:

@@ -321,3 +321,19 @@ def test_cli_inspect_control_and_status(env):
     out = run_cli(tmp_path, "-A", "capp", "inspect", "ping", "-t", "0.5")
     assert out.returncode == 69
     assert "Error: No nodes replied within time constraint" in out.stderr
+
+
+def test_result_set_revoke_and_revoke_wait(env):
+    from celeriac.result import ResultSet
+    tmp_path, client = env
+    out = tmp_path / "out"
+    with WorkerProcess(tmp_path, "capp", "-c", "1", "-n", "w1@%h"):
+        wait_for(lambda: node(client, command="ping"), 20, message="ping")
+        results = [client.send_task("capp.record", (str(out), i), countdown=2) for i in range(3)]
+        ResultSet(results, app=client).revoke()
+        for r in results:
+            wait_for(lambda r=r: r.state == "REVOKED", 30, message="REVOKED")
+        res = client.send_task("capp.record", (str(out), 9), countdown=2)
+        res.revoke(wait=True, timeout=1)  # collects the workers' replies, as Celery does
+        wait_for(lambda: res.state == "REVOKED", 30, message="REVOKED")
+    assert not out.exists()
