@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, overload
 
 from . import _state, signals
+from .builtin_tasks import register_builtins
 from .config import Config
 from .exceptions import NotRegistered
 from .protocol.message import build_task_message, safe_repr
@@ -128,6 +129,7 @@ class Celery:
         self.on_after_configure = signals.Signal("on_after_configure")
         self.on_after_finalize = signals.Signal("on_after_finalize")
         self._configured = False
+        register_builtins(self)  # celery.map, celery.starmap, celery.chunks, celery.accumulate
         for ctor in _state.shared_task_constructors:
             ctor(self)
         if set_as_current:

@@ -321,11 +321,32 @@ class Task(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Any:
         from .canvas import Signature
-        return Signature(self.name, args, kwargs, app=self._get_app())
+        return Signature(self, args, kwargs, app=self._get_app())
 
     def si(self, *args: Any, **kwargs: Any) -> Any:
         from .canvas import Signature
-        return Signature(self.name, args, kwargs, immutable=True, app=self._get_app())
+        return Signature(self, args, kwargs, immutable=True, app=self._get_app())
+
+    def chunks(self, it: Iterable[Any], n: int) -> Any:
+        """``it`` (argument tuples) in parts of ``n``: one message per part, as a group."""
+        from .canvas import chunks
+        return chunks(self.s(), it, n, app=self._get_app())
+
+    def map(self, it: Iterable[Any]) -> Any:
+        """One message; the worker returns ``[self(x) for x in it]``."""
+        from .canvas import xmap
+        return xmap(self.s(), it, app=self._get_app())
+
+    def starmap(self, it: Iterable[Any]) -> Any:
+        """One message; the worker returns ``[self(*x) for x in it]``."""
+        from .canvas import xstarmap
+        return xstarmap(self.s(), it, app=self._get_app())
+
+    def replace(self, sig: Any) -> Any:
+        """Inside a task: let ``sig`` finish in this task's place (same id, callbacks, chain
+        and chord); raises ``Ignore`` to end the current task."""
+        from .canvas import replace_task
+        return replace_task(self, sig)
 
     # -- hooks (override in subclasses, or pass on_success= etc. to @task) -----
     def before_start(self, task_id: str, args: Any, kwargs: Any) -> None:

@@ -20,6 +20,7 @@ from ..exceptions import Ignore, Reject, Retry
 from ..protocol.message import TaskMessage, safe_repr
 from ..protocol.results import exception_to_dict, make_meta
 from ..task import Context, Task
+from .canvas_mw import canvas_middleware
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -310,8 +311,8 @@ def logging_after(ctx: ExecContext, _: Any = None) -> None:
         logger.info("Task %s[%s] ignored", name, req.id)
 
 
-DEFAULT_MIDDLEWARE: list[Middleware] = [logging_middleware, results_middleware, signals_middleware,
-                                        hooks_middleware]
+DEFAULT_MIDDLEWARE: list[Middleware] = [logging_middleware, results_middleware, canvas_middleware,
+                                        signals_middleware, hooks_middleware]
 
 #: Middleware cut in two at ``call_next``, as ``(before, after)``, for a runner that cannot
 #: nest a plain call around an ``await`` (the asyncio pool, see aio.py): ``before(ctx)`` runs
