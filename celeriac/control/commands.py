@@ -182,7 +182,7 @@ def hello(server: ControlServer, from_node: str | None = None, revoked: Any = No
     if revoked:
         ids = list(revoked) if not isinstance(revoked, dict) else list(revoked)
         server.revoke([str(i) for i in ids], persist=False)
-    return {"revoked": sorted(server.revoked), "clock": server.clock}
+    return {"revoked": sorted(server.known_revoked()), "clock": server.clock}
 
 
 @command()
@@ -209,7 +209,7 @@ def registered(server: ControlServer, taskinfoitems: Any = None, builtins: bool 
 
 @command("dump_revoked")
 def revoked(server: ControlServer, **kwargs: Any) -> list[str]:
-    return sorted(server.revoked)
+    return sorted(server.known_revoked())
 
 
 @command("dump_conf")

@@ -148,6 +148,14 @@ class ControlServer:
         if new or persist:
             self.state.add_revoked(list(task_ids))
 
+    def known_revoked(self) -> set[str]:
+        """The revoked ids not yet expired (the broker's store drops old ones)."""
+        try:
+            self.revoked = set(self.broker.load_revoked()).union(self.state.recent)
+        except Exception as exc:
+            logger.warning("Cannot load revoked task ids from the broker: %r", exc)
+        return self.revoked
+
     def pid(self) -> int:
         return os.getpid()
 

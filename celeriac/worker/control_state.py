@@ -95,16 +95,14 @@ class ControlState:
                 for key, value in attrs.items():
                     if key in TASK_ATTRS:
                         setattr(task, key, value)
-        consumer.revoked.update(doc.get("revoked", ()))
-        load_revoked_into(consumer, quiet=not first)
-
-
-def load_revoked_into(consumer: Consumer, quiet: bool = False) -> None:
-    try:
-        consumer.revoked.update(consumer.broker.load_revoked())
-    except Exception as exc:  # the broker is down: the ids carried in the document still apply
-        if not quiet:
-            logger.warning("Cannot load revoked task ids from the broker: %r", exc)
+        recent = doc.get("revoked", ())
+        try:
+            # the broker's store drops expired ids, so the set does not grow for ever
+            consumer.revoked = set(consumer.broker.load_revoked()).union(recent)
+        except Exception as exc:  # the broker is down: the ids carried in the document still apply
+            consumer.revoked.update(recent)
+            if first:
+                logger.warning("Cannot load revoked task ids from the broker: %r", exc)
 
 
 # -- prefork children ------------------------------------------------------------
