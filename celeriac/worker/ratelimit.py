@@ -53,8 +53,8 @@ class TokenBucket:
         now = time.monotonic() if now is None else now
         self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= n:
-            self.tokens -= n
+        if self.tokens >= n - 1e-9:
+            self.tokens = max(self.tokens - n, 0.0)
             return 0.0
         return (n - self.tokens) / self.rate
 

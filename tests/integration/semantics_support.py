@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from support import WorkerProcess, wait_for, write
 
 from celeriac import Celery
@@ -484,8 +483,8 @@ class Sem:
         self.client.close()
 
 
-@pytest.fixture
-def sem(tmp_path: Path) -> Iterator[Sem]:
+def open_sem(tmp_path: Path) -> Iterator[Sem]:
+    """The body of each test module's ``sem`` fixture."""
     project = Sem(tmp_path)
     yield project
     project.close()

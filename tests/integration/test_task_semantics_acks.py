@@ -5,12 +5,20 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from semantics_support import Sem, alive, children_of, sem  # noqa: F401
+import pytest
+from semantics_support import Sem, alive, children_of, open_sem
 from support import wait_for
 
 from celeriac.exceptions import WorkerLostError
 from celeriac.result import ResultSet
+
+
+@pytest.fixture
+def sem(tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path)
 
 
 def test_child_killed_mid_task_reruns_an_acks_late_task(sem: Sem):

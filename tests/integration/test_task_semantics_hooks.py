@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
-from semantics_support import Sem, sem  # noqa: F401
+import pytest
+from semantics_support import Sem, open_sem
 from support import env_for, wait_for
 
 from celeriac.protocol.message import build_task_message
+
+
+@pytest.fixture
+def sem(tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path)
 
 
 def test_task_method_hooks(sem: Sem):

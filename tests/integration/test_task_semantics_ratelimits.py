@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from semantics_support import Sem, elapsed, sem  # noqa: F401
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from semantics_support import Sem, elapsed, open_sem
 
 from celeriac.result import ResultSet
+
+
+@pytest.fixture
+def sem(tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path)
 
 
 def _run(sem: Sem, name: str, n: int) -> tuple[float, list[float]]:

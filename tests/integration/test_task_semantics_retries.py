@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from semantics_support import Sem, sem  # noqa: F401
+from semantics_support import Sem, open_sem
 from support import wait_for
 
 from celeriac.exceptions import MaxRetriesExceededError
+
+
+@pytest.fixture
+def sem(tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path)
 
 
 def _not_before(sem: Sem) -> list[float]:
@@ -100,7 +107,7 @@ def test_retry_backoff_with_cap_and_no_jitter(sem: Sem):
     assert isinstance(res.get(timeout=30, propagate=False), ConnectionError)
     times = [float(e[2]) for e in sem.events("backoff")]
     assert len(times) == 3
-    gaps = [b - a for a, b in zip(times, times[1:])]
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(0.9 <= g < 5 for g in gaps), gaps
 
 

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
-from semantics_support import Sem, sem  # noqa: F401
+import pytest
+from semantics_support import Sem, open_sem
 from support import wait_for
 
 from celeriac.exceptions import TaskRevokedError
+
+
+@pytest.fixture
+def sem(tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path)
 
 
 def test_track_started_per_task_and_per_setting(sem: Sem):

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
-from semantics_support import Sem, alive, children_of, sem  # noqa: F401
+import pytest
+from semantics_support import Sem, alive, children_of, open_sem
 from support import run_cli, wait_for
 
 from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+
+
+@pytest.fixture
+def sem(tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path)
 
 
 def test_hard_limit_kills_and_replaces_the_process(sem: Sem):
