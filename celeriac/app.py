@@ -497,10 +497,11 @@ class Celery:
         from .result import AsyncResult
         return AsyncResult(id, app=self, **kwargs)
 
-    def GroupResult(self, *args: Any, **kwargs: Any) -> Any:
-        from .result import GroupResult
-        kwargs["app"] = self
-        return GroupResult(*args, **kwargs)
+    @property
+    def GroupResult(self) -> Any:
+        """``app.GroupResult(id, results)`` and ``app.GroupResult.restore(id)``, as in Celery."""
+        from .result import AppGroupResult
+        return AppGroupResult(self)
 
     def signature(self, *args: Any, **kwargs: Any) -> Any:
         from .canvas import signature

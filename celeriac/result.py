@@ -89,7 +89,28 @@ class AsyncResult(Generic[R]):
 
     @property
     def children(self) -> list[Any] | None:
-        return self._get_meta().get("children")
+        """Results of the tasks this one sent (callbacks, chain steps, subtasks), from its meta."""
+        children = self._get_meta().get("children")
+        return [result_from_tuple(c, self.app) for c in children] if children else children
+
+    def iterdeps(self, intermediate: bool = False) -> Iterator[tuple[Any, Any]]:
+        """``(parent, result)`` for this result and everything below it, parents first.
+        IncompleteStream when a result with children to follow is not ready yet (unless
+        ``intermediate``)."""
+        from .exceptions import IncompleteStream
+        todo: list[tuple[Any, Any]] = [(None, self)]
+        while todo:
+            parent, node = todo.pop(0)
+            yield parent, node
+            if node.ready():
+                todo.extend((node, child) for child in node.children or ())
+            elif not intermediate:
+                raise IncompleteStream(f"{node!r} is not ready")
+
+    def collect(self, intermediate: bool = False, **kwargs: Any) -> Iterator[tuple[Any, Any]]:
+        """``(result, value)`` for this result and its children (recursively), parents first."""
+        for _, node in self.iterdeps(intermediate=intermediate):
+            yield node, node.get(**kwargs)
 
     # result_extended fields
     @property
@@ -333,6 +354,20 @@ class GroupResult(ResultSet):
 
     def __repr__(self) -> str:
         return f"<GroupResult: {self.id} [{', '.join(r.id for r in self.results)}]>"
+
+
+class AppGroupResult:
+    """What ``app.GroupResult`` is: GroupResult bound to one app (call it, or ``.restore(id)``)."""
+
+    def __init__(self, app: Celery) -> None:
+        self.app = app
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GroupResult:
+        kwargs["app"] = self.app
+        return GroupResult(*args, **kwargs)
+
+    def restore(self, id: str, backend: ResultBackend | None = None) -> GroupResult | None:
+        return GroupResult.restore(id, backend=backend, app=self.app)
 
 
 def result_from_tuple(data: Any, app: Celery | None = None) -> AsyncResult[Any] | GroupResult:
