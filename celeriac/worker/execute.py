@@ -254,7 +254,8 @@ def results_before(ctx: ExecContext) -> tuple[bool, bool]:
     store_errors = task.store_errors_even_if_ignored if task.store_errors_even_if_ignored is not None \
         else conf.task_store_errors_even_if_ignored
     track = task.track_started if task.track_started is not None else conf.task_track_started
-    req.date_started = datetime.now(timezone.utc).isoformat()
+    if conf.result_extended:  # only stored with result_extended: skip the clock otherwise
+        req.date_started = datetime.now(timezone.utc).isoformat()
     if track and not ignore and not ctx.eager:
         ctx.app.backend.store_meta(make_meta(req.id, states.STARTED, {"pid": _pid(), "hostname": ctx.hostname},
                                              ready=False, extended=_extended(ctx)))
