@@ -150,6 +150,9 @@ class AsyncWorkLoop:
         self.default_acks_late = bool(conf.task_acks_late)
         self.acks_on_failure = conf.task_acks_on_failure_or_timeout
         self.rate_limits = RateLimits(app)
+        path = getattr(app.broker, "path", None)  # results and acks in one SQLite transaction
+        self._combined = path is not None and path == getattr(app.backend, "path", None) \
+            and hasattr(app.backend, "writer")
         self._io = ThreadPoolExecutor(1, thread_name_prefix="celeriac-aio-io")
         self._fetch_pool = ThreadPoolExecutor(1, thread_name_prefix="celeriac-aio-fetch")
         self._sync_pool: ThreadPoolExecutor | None = None
@@ -503,6 +506,16 @@ class AsyncWorkLoop:
         tries = 0
         while metas or acks or requeues or rejects:
             try:
+                if metas and acks and self._combined:
+                    # the embedded store: results and acks in one transaction
+                    try:
+                        also = app.backend.writer(metas)  # type: ignore[attr-defined]
+                    except Exception:  # a result that cannot be encoded: one by one below
+                        also = None
+                    if also is not None:
+                        app.broker.ack(acks, also=also)  # type: ignore[call-arg]
+                        app.backend.bell.ring()  # type: ignore[attr-defined]
+                        metas, acks = [], []
                 if metas:
                     self._store(metas)
                     metas = []
