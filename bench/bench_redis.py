@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_redis.py [-n 20000] [--redis redis://127.0.0.1:6379/0]
 
-Celery runs from its own virtualenv (bench/.venv-celery, created here if missing). Both run
+Celery runs from its own virtualenv (.venv-celery at the repository root, shared with the
+interop tests; created here if missing). Both run
 the same measurement code (bench/measure.py) and the same task module (bench/bench_app.py),
 each with its own CLI worker (-c 2), on one Redis with separate key prefixes.
 """
@@ -17,7 +18,7 @@ import sys
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CELERY_VENV = os.path.join(HERE, ".venv-celery")
+CELERY_VENV = os.environ.get("CELERIAC_CELERY_VENV") or os.path.join(os.path.dirname(HERE), ".venv-celery")
 
 
 def celery_python() -> str:
