@@ -118,6 +118,7 @@ class WorkLoop:
         # soft limits (and, in solo, hard ones) need this process's main thread;
         # a prefork child's hard limit is its supervisor's job
         self.alarm = AlarmTimer(enforce_hard=slot is None) if in_main_thread else None
+        self._unlimited_warned: set[str] = set()
         self.rate_limits = rate_limits if rate_limits is not None else RateLimits(app)
 
     def stop(self) -> None:
@@ -269,6 +270,10 @@ class WorkLoop:
         alarm = self.alarm
         if alarm is not None and (soft or hard) and alarm.prepare(soft, hard):
             ctx.timer = alarm
+        elif alarm is None and (soft or hard) and msg.task not in self._unlimited_warned:
+            self._unlimited_warned.add(msg.task)
+            logger.warning("Task %s has a time limit, which this pool (threads) cannot enforce; "
+                           "see docs/time-limits.md", msg.task)
         try:
             self.chain(ctx)
         except (SoftTimeLimitExceeded, TimeLimitExceeded) as exc:

@@ -99,10 +99,11 @@ def test_solo_pool_enforces_soft_and_hard_limits_in_process(sem: Sem):
 
 def test_threads_pool_cannot_interrupt_a_task(sem: Sem):
     """Documented in docs/time-limits.md: threads enforce neither limit."""
-    sem.worker("-P", "threads", "-c", "2")
+    worker = sem.worker("-P", "threads", "-c", "2")
     res = sem.send("sleeper", 1.0, "t", soft_time_limit=0.3)
     assert isinstance(res.get(timeout=30), int)
     assert sem.events("soft") == []
+    assert "Task semapp.sleeper has a time limit, which this pool (threads) cannot enforce" in worker.log()
 
 
 def test_docs_say_what_the_threads_pool_cannot_enforce():
