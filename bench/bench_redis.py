@@ -24,7 +24,7 @@ CELERY_VENV = os.environ.get("CELERIAC_CELERY_VENV") or os.path.join(os.path.dir
 def celery_python() -> str:
     py = os.path.join(CELERY_VENV, "bin", "python")
     if not os.path.exists(py):
-        print("creating bench/.venv-celery with celery[redis] ...", file=sys.stderr)
+        print(f"creating {CELERY_VENV} with celery[redis] ...", file=sys.stderr)
         subprocess.run([sys.executable, "-m", "venv", CELERY_VENV], check=True)
         subprocess.run([py, "-m", "pip", "install", "-q", "celery[redis]>=5.3"], check=True)
     return py
