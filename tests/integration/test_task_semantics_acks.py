@@ -46,8 +46,8 @@ def test_whole_worker_sigkilled_messages_come_back_after_the_lease(sem: Sem):
     worker settles each message: a started ack-early task is WorkerLostError, acks_late re-runs."""
     worker = sem.worker("-c", "2", "-O", "fair", lease=2)  # one task per process
     children = children_of(worker.proc.pid)
-    early = sem.send("early_sleeper", 4, "early")
-    late = sem.send("late_sleeper", 4, "late")
+    early = sem.send("early_sleeper", 6, "early")
+    late = sem.send("late_sleeper", 6, "late")
     sem.wait_events("early_start", 1)
     sem.wait_events("late_start", 1)
     wait_for(lambda: early.state == "STARTED", 10, message="STARTED (track_started)")
@@ -59,7 +59,7 @@ def test_whole_worker_sigkilled_messages_come_back_after_the_lease(sem: Sem):
     assert early.state == "STARTED" and late.state == "PENDING"
     sem.worker("-c", "2", lease=2)
     assert isinstance(early.get(timeout=30, propagate=False), WorkerLostError)
-    assert late.get(timeout=30) == "late"
+    assert late.get(timeout=40) == "late"
     assert len(sem.events("late_start")) == 2 and len(sem.events("early_start")) == 1
 
 
@@ -84,7 +84,7 @@ def _leased_samples(sem: Sem, until: object) -> list[int]:
 
 def test_fair_prefetch_one_long_task_does_not_hold_short_ones(sem: Sem):
     sem.worker("-c", "2", "-O", "fair")
-    long = sem.send("sleeper", 3, "long")
+    long = sem.send("sleeper", 5, "long")
     sem.wait_events("start", 1)
     shorts = [sem.send("sleeper", 0.1, f"s{i}") for i in range(8)]
     samples = _leased_samples(sem, lambda: all(r.ready() for r in shorts))
