@@ -428,18 +428,17 @@ class chord(Signature):
         if self.args and not self.immutable:
             args = tuple(args or ()) + tuple(self.args)
         header = self._flat_header()
-        body.freeze(group_id=outer.get("group_id", gid), group_index=outer.get("group_index"),
-                    chord=outer.get("chord"))
+        body_res = body.freeze(group_id=outer.get("group_id", gid), group_index=outer.get("group_index"),
+                               chord=outer.get("chord"))
         if not header:  # nothing to wait for: the body runs with an empty list
             body_opts = {k: v for k, v in opts.items() if k in ("root_id", "parent_id")}
-            body_res = body._prepare(([],), None, body_opts, batch)
+            body._prepare(([],), None, body_opts, batch)
             attach_parent(body_res, GroupResult(gid, [], app=app))
             return body_res
         batch.before_publish(lambda: app.backend.chord_set_size(gid, len(header)))
         results = []
         for i, t in enumerate(header):
             results.append(t._prepare(args, kwargs, dict(opts, group_id=gid, group_index=i, chord=body), batch))
-        body_res = body.AsyncResult(body.id or "")
         attach_parent(body_res, GroupResult(gid, results, app=app))
         return body_res
 

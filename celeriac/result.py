@@ -3,12 +3,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _state, states
-from .exceptions import TimeoutError
 from .protocol.results import exception_from_dict, is_exception_dict
 
 if TYPE_CHECKING:
@@ -265,22 +265,30 @@ class ResultSet:
             self.results.append(result)
 
     def _metas(self) -> dict[str, dict[str, Any]]:
-        return self.app.backend.get_many([r.id for r in self.results])
+        """Metas of the plain results (nested groups answer for themselves: ``_nested``)."""
+        return self.app.backend.get_many([r.id for r in self.results if not isinstance(r, ResultSet)])
+
+    def _nested(self) -> list[ResultSet]:
+        return [r for r in self.results if isinstance(r, ResultSet)]  # type: ignore[misc]
 
     def ready(self) -> bool:
-        return all(m["status"] in states.READY_STATES for m in self._metas().values())
+        return all(m["status"] in states.READY_STATES for m in self._metas().values()) \
+            and all(g.ready() for g in self._nested())
 
     def successful(self) -> bool:
-        return all(m["status"] == states.SUCCESS for m in self._metas().values())
+        return all(m["status"] == states.SUCCESS for m in self._metas().values()) \
+            and all(g.successful() for g in self._nested())
 
     def failed(self) -> bool:
-        return any(m["status"] == states.FAILURE for m in self._metas().values())
+        return any(m["status"] == states.FAILURE for m in self._metas().values()) \
+            or any(g.failed() for g in self._nested())
 
     def waiting(self) -> bool:
         return not self.ready()
 
     def completed_count(self) -> int:
-        return sum(m["status"] == states.SUCCESS for m in self._metas().values())
+        return sum(m["status"] == states.SUCCESS for m in self._metas().values()) \
+            + sum(g.successful() for g in self._nested())
 
     def revoke(self, connection: Any = None, terminate: bool = False, signal: str | None = None,
                wait: bool = False, timeout: float | None = None, **kwargs: Any) -> None:
@@ -303,13 +311,16 @@ class ResultSet:
         eager = [r for r in self.results if isinstance(r, EagerResult)]
         if len(eager) == len(self.results):
             return [r.get(propagate=propagate) for r in self.results]
-        try:
-            metas = self.app.backend.wait_for_many([r.id for r in self.results], timeout=timeout,
-                                                   interval=interval)
-        except TimeoutError:
-            raise
-        out = []
+        nested = {id(g): g for g in self._nested()}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        metas = self.app.backend.wait_for_many([r.id for r in self.results if id(r) not in nested],
+                                               timeout=timeout, interval=interval)
+        out: list[Any] = []
         for r in self.results:
+            if id(r) in nested:  # a group inside the group: its list of values
+                left = None if deadline is None else max(deadline - time.monotonic(), 0.001)
+                out.append(nested[id(r)].join(timeout=left, propagate=propagate, interval=interval))
+                continue
             meta = metas[r.id]
             if meta["status"] in states.PROPAGATE_STATES and propagate:
                 _raise_with_traceback(meta)
