@@ -75,6 +75,20 @@ async def flaky(self, fail_times):
         raise self.retry(countdown=0.1)
     return self.request.retries
 
+def plain_middleware(ctx, call_next):  # no PHASES halves: the asyncio pool runs it in a thread
+    ctx.req.seen_by = 'plain'
+    call_next(ctx)
+    if ctx.state == 'SUCCESS' and isinstance(ctx.retval, dict):
+        ctx.retval['after'] = 'plain'
+
+if os.environ.get('PLAIN_MW'):
+    app.middleware = [plain_middleware]
+
+@app.task(bind=True)
+async def through_middleware(self):
+    await asyncio.sleep(0.01)
+    return {{'before': getattr(self.request, 'seen_by', None)}}
+
 @app.task(rate_limit='10/s')
 async def limited(x):
     return x
@@ -138,6 +152,14 @@ def test_sync_tasks_run_in_threads_beside_the_loop(env):
         assert [r.get(timeout=30) for r in syncs] == list(range(8))
         assert [r.get(timeout=30) for r in naps] == list(range(20))
         assert time.monotonic() - started < 4.0
+
+
+def test_middleware_without_halves_runs_around_async_tasks(env):
+    tmp_path, client = env
+    with WorkerProcess(tmp_path, "aioapp", "-P", "asyncio", "-c", "20", PLAIN_MW="1") as worker:
+        results = [send(client, "through_middleware") for _ in range(10)]
+        assert [r.get(timeout=20) for r in results] == [{"before": "plain", "after": "plain"}] * 10
+        assert "runs it in a thread per task" in worker.log()
 
 
 def test_rate_limit_and_a_result_that_cannot_be_stored(env):
