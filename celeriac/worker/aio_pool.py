@@ -41,6 +41,7 @@ from ..exceptions import (
 )
 from ..protocol.results import exception_to_dict, make_meta
 from .aio import _Interruptible, _uncancel, build_async_chain, resolve_limits
+from .canvas_mw import finished_without_running
 from .consumer import Consumer
 from .execute import PHASES, ExecContext, context_from_message, middleware_for, record_exception
 from .ratelimit import HOLD_SECONDS, RateLimits
@@ -311,6 +312,7 @@ class AsyncWorkLoop:
                          "(set acks_late=True to re-run such tasks)", msg.task, msg.id)
             self._metas.append(make_meta(msg.id, states.FAILURE, exception_to_dict(
                 WorkerLostError("Worker exited prematurely while running the task.")), ready=True))
+            finished_without_running(self.app, msg, states.FAILURE, WorkerLostError("Worker exited prematurely."))
             self._settled(delivery, "ack")
             return
         req = context_from_message(msg, self.hostname, delivery.queue, delivery.redelivered)

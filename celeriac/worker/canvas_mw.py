@@ -50,8 +50,8 @@ class CanvasMiddleware:
         try:
             if ctx.state == states.SUCCESS:
                 _on_success(ctx)
-            elif ctx.state == states.FAILURE and ctx.exc is not None:
-                _on_failure(ctx, ctx.exc, ctx.tb)
+            elif ctx.state in (states.FAILURE, states.REVOKED) and ctx.exc is not None:
+                _after_failure(ctx.app, req, ctx.state, ctx.exc, ctx.tb, ctx.metas, ctx.eager)
         except Exception as exc:  # never lose the task's own result over a canvas step
             logger.exception("Task %s[%s]: canvas step failed: %r", ctx.task.name, req.id, exc)
 
@@ -75,7 +75,7 @@ def _on_success(ctx: ExecContext) -> None:
         nxt = maybe_signature(rest.pop(), app=app, clone=True)
         _send(ctx, nxt, (retval,), chain=rest or None)
     if req.chord:
-        _chord_part(ctx, req, states.SUCCESS, retval)
+        _chord_part(app, req, states.SUCCESS, retval, ctx.metas)
 
 
 def _send(ctx: ExecContext, sig: Any, args: tuple[Any, ...], **options: Any) -> None:
@@ -98,13 +98,15 @@ def _send(ctx: ExecContext, sig: Any, args: tuple[Any, ...], **options: Any) -> 
 
 # -- failure -------------------------------------------------------------------------
 
-def _on_failure(ctx: ExecContext, exc: BaseException, tb: str | None) -> None:
-    req = ctx.req
-    call_errbacks(ctx.app, req, exc, tb, eager=ctx.eager)
+def _after_failure(app: Any, req: Any, state: str, exc: BaseException, tb: str | None,
+                   metas: list[dict[str, Any]], eager: bool) -> None:
+    """FAILURE or REVOKED: errbacks (FAILURE only), the rest of the chain fails, the chord counts it."""
+    if state == states.FAILURE:
+        call_errbacks(app, req, exc, tb, eager=eager)
     if req.chain:
-        _fail_ids(ctx.metas, _chain_ids(req.chain), exc, tb, req)
+        _fail_ids(metas, _chain_ids(req.chain), exc, tb, req)
     if req.chord:
-        _chord_part(ctx, req, states.FAILURE, exception_to_dict(exc))
+        _chord_part(app, req, state, exception_to_dict(exc), metas)
 
 
 def call_errbacks(app: Any, req: Any, exc: BaseException, tb: str | None, eager: bool = False) -> None:
@@ -192,11 +194,8 @@ def _finals(sig: Any) -> Iterator[Any]:
 
 # -- chords ----------------------------------------------------------------------------
 
-def _chord_part(ctx: ExecContext | None, req: Any, state: str, result: Any, app: Any = None,
-                metas: list[dict[str, Any]] | None = None) -> None:
+def _chord_part(app: Any, req: Any, state: str, result: Any, metas: list[dict[str, Any]]) -> None:
     """Count this header task; if it completed the chord, run or fail the body."""
-    app = app if app is not None else ctx.app  # type: ignore[union-attr]
-    metas = metas if metas is not None else ctx.metas  # type: ignore[union-attr]
     gid = req.group
     if not gid:
         logger.error("Task %s is a chord header member without a group id; the chord cannot join", req.id)
@@ -242,23 +241,29 @@ def _fail_body(app: Any, body: Any, exc: ChordError, metas: list[dict[str, Any]]
 
 # -- tasks that never ran --------------------------------------------------------------
 
-def finished_without_running(app: Any, msg: Any, state: str, exc: BaseException,
-                             metas: list[dict[str, Any]]) -> None:
-    """A task ended without running (revoked, expired, lost with a worker that acked it
-    early): fail the rest of its chain, call its errbacks and count it in its chord."""
-    embed = msg.embed or {}
-    if not (embed.get("chain") or embed.get("chord") or embed.get("errbacks")):
-        return
-    req = Context(id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, root_id=msg.root_id,
-                  parent_id=msg.parent_id, group=msg.group, group_index=msg.group_index,
-                  chain=embed.get("chain"), chord=embed.get("chord"), errbacks=embed.get("errbacks"),
-                  callbacks=None, children=[], is_eager=False, headers=msg.headers,
-                  delivery_info={"routing_key": None})
+def finished_without_running(app: Any, source: Any, state: str, exc: BaseException) -> None:
+    """A task ended without running through the middleware (revoked, expired, lost with a
+    worker that acked it early, killed at its hard time limit): fail the rest of its chain,
+    call its errbacks (not for REVOKED) and count it in its chord, so nothing waits forever.
+    ``source`` is the decoded TaskMessage or the Envelope."""
     try:
-        call_errbacks(app, req, exc, None)
-        if req.chain:
-            _fail_ids(metas, _chain_ids(req.chain), exc, None, req)
-        if req.chord:
-            _chord_part(None, req, state, exception_to_dict(exc), app=app, metas=metas)
+        msg = source
+        if not hasattr(source, "embed"):
+            from ..protocol import codecs
+            from ..protocol.message import decode_task_message
+            msg = decode_task_message(source, codecs.accept_set(app.conf.accept_content))
+        embed = msg.embed or {}
+        if not (embed.get("chain") or embed.get("chord") or embed.get("errbacks")):
+            return
+        req = Context(id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, root_id=msg.root_id,
+                      parent_id=msg.parent_id, group=msg.group, group_index=msg.group_index,
+                      chain=embed.get("chain"), chord=embed.get("chord"), errbacks=embed.get("errbacks"),
+                      callbacks=None, children=[], is_eager=False, headers=msg.headers,
+                      delivery_info={"routing_key": None})
+        metas: list[dict[str, Any]] = []
+        _after_failure(app, req, state, exc, None, metas, eager=False)
+        if metas:
+            app.backend.store_metas(metas)
     except Exception as err:
-        logger.exception("Task %s[%s]: canvas clean-up failed: %r", msg.task, msg.id, err)
+        logger.exception("Task %s: canvas clean-up failed: %r", getattr(source, "id", None) or
+                         getattr(source, "headers", {}).get("id"), err)

@@ -17,6 +17,7 @@ from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, NotRe
 from ..protocol import codecs
 from ..protocol.message import TaskMessage, decode_task_message
 from ..protocol.results import exception_to_dict, make_meta
+from .canvas_mw import finished_without_running
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -107,6 +108,7 @@ class Consumer:
             logger.info("Discarding expired task %s[%s] (expired at %s)", msg.task, msg.id, msg.expires)
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("expired")), ready=True)])
+            finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("expired"))
             if signals.task_revoked.receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=True)
             delivery.ack()
@@ -117,6 +119,7 @@ class Consumer:
             logger.info("Discarding revoked task: %s[%s]", msg.task, msg.id)
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("revoked")), ready=True)])
+            finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("revoked"))
             if signals.task_revoked.receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=False)
             delivery.ack()

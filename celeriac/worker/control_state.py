@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from .. import signals, states
 from ..exceptions import TaskRevokedError
 from ..protocol.results import exception_to_dict, make_meta
+from .canvas_mw import finished_without_running
 
 if TYPE_CHECKING:
     from ..app import Celery
@@ -136,6 +137,7 @@ def record_terminated(app: Celery, delivery: Delivery, running: tuple[Any, ...],
         pass
     except Exception as exc:
         logger.error("Could not store the REVOKED state of %s: %r", task_id, exc)
+    finished_without_running(app, delivery.envelope, states.REVOKED, TaskRevokedError("terminated"))
     if signals.task_revoked.receivers:
         from ..task import Context
         signals.task_revoked.send(sender=app.tasks.get(name), request=Context(id=task_id, task=name),

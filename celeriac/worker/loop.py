@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import states
 from ..brokers.base import Delivery
 from ..exceptions import OperationalError, SoftTimeLimitExceeded, TimeLimitExceeded
+from .canvas_mw import finished_without_running
 from .consumer import Consumer
 from .execute import ExecContext, build_chain, context_from_message, middleware_for
 from .ratelimit import HOLD_SECONDS, RateLimits
@@ -256,6 +257,7 @@ class WorkLoop:
                          "(set acks_late=True to re-run such tasks)", msg.task, msg.id)
             metas.append(make_meta(msg.id, states.FAILURE, exception_to_dict(
                 WorkerLostError("Worker exited prematurely while running the task.")), ready=True))
+            finished_without_running(app, msg, states.FAILURE, WorkerLostError("Worker exited prematurely."))
             acks.append(delivery)
             return
         req = context_from_message(msg, self.hostname, delivery.queue, delivery.redelivered)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import signals, states
 from ..exceptions import TimeLimitExceeded, WorkerLostError
 from ..protocol.results import exception_to_dict, make_meta
+from .canvas_mw import finished_without_running
 from .control_state import ControlState, install_child_handlers, record_terminated
 from .loop import Slot, WorkLoop
 from .ratelimit import RateLimits
@@ -235,6 +236,7 @@ class Supervisor:
                     backend.store_meta(make_meta(tid, states.FAILURE, exception_to_dict(exc), None, ready=True))
                 except NotImplementedError:
                     pass
+                finished_without_running(self.app, d.envelope, states.FAILURE, exc)
                 if child.killed_for_limit and running[4] and not self._ack_on_timeout(task):
                     d.reject(f"Task hit its time limit with acks_on_failure_or_timeout=False: {exc!r}")
                 else:

@@ -23,7 +23,8 @@ import os, time
 from celeriac import Celery, group
 
 app = Celery("ctasks", broker={broker!r}, backend={backend!r})
-app.conf.broker_transport_options = {transport!r}
+_lease = os.environ.get("CANVAS_LEASE")
+app.conf.broker_transport_options = dict({transport!r}, **({{"lease_seconds": float(_lease)}} if _lease else {{}}))
 app.conf.result_backend_transport_options = {transport!r}
 app.conf.worker_prefetch_multiplier = 4
 OUT = {out!r}
