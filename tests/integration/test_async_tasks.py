@@ -266,6 +266,32 @@ def test_await_delay_async_and_aget_leave_the_event_loop_free(env):
     assert len(gaps) >= 30 and max(gaps) < 0.25, (len(gaps), max(gaps))
 
 
+def test_many_long_agets_do_not_starve_other_calls(env):
+    """Waiting is done by one thread for every aget(): many coroutines awaiting long tasks do
+    not hold the loop's default executor (which delay_async needs)."""
+    tmp_path, client = env
+
+    @client.task(name="aioapp.nap")
+    async def nap(x, seconds=0.01):
+        await asyncio.sleep(seconds)
+        return x
+
+    async def main() -> tuple[float, list[int]]:
+        longs = [await nap.delay_async(i, 3.0) for i in range(40)]
+        waiting = [asyncio.ensure_future(r.aget(timeout=30)) for r in longs]
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        short = await nap.delay_async("short", 0.01)
+        assert await short.aget(timeout=10) == "short"
+        quick = time.monotonic() - started
+        return quick, await asyncio.gather(*waiting)
+
+    with WorkerProcess(tmp_path, "aioapp", "-P", "asyncio", "-c", "100"):
+        quick, values = asyncio.run(main())
+    assert values == list(range(40))
+    assert quick < 1.5, f"a short call behind 40 waiting aget()s took {quick:.2f}s"
+
+
 def test_terminate_cancels_a_running_coroutine(env):
     """``AsyncWorkLoop.terminate`` (what remote control's revoke(terminate=True) calls),
     on a loop running in this process."""
@@ -354,3 +380,9 @@ def test_eager_async_tasks(env):
         return double.delay(5).get()  # a running loop here: the coroutine runs in a helper thread
 
     assert asyncio.run(from_a_coroutine())[0] == 10
+
+    async def awaited() -> list:
+        res = await double.delay_async(4)
+        return await res.aget(timeout=5)  # an EagerResult: nothing to wait for
+
+    assert asyncio.run(awaited())[0] == 8
