@@ -173,8 +173,13 @@ class AsyncResult(Generic[R]):
 
     async def aget(self, timeout: float | None = None, propagate: bool = True,
                    interval: float = 0.5) -> R:
-        """``await result.aget()``: wait without blocking the event loop."""
+        """``await result.aget()``: wait without blocking the event loop.  One thread per
+        backend waits for every awaiting coroutine (see ``_async_wait``); the result is then
+        read (one quick call) as ``get()`` would."""
         import asyncio
+
+        from ._async_wait import waiter_for
+        await waiter_for(self.backend).wait(self.id, timeout)
         return await asyncio.get_running_loop().run_in_executor(
             None, lambda: self.get(timeout=timeout, propagate=propagate, interval=interval,
                                    disable_sync_subtasks=False))
@@ -239,6 +244,10 @@ class EagerResult(AsyncResult[R]):
         return self._meta["result"]  # type: ignore[no-any-return]
 
     wait = get
+
+    async def aget(self, timeout: float | None = None, propagate: bool = True,
+                   interval: float = 0.5) -> R:
+        return self.get(propagate=propagate)  # already here: nothing to wait for
 
     def forget(self) -> None:
         pass
