@@ -5,7 +5,7 @@ GroupResult save/restore, parents, children and collect()."""
 from __future__ import annotations
 
 import pytest
-from canvas_support import CanvasEnv, canvas_fixture, wait_for  # noqa: F401  (the `canvas` fixture)
+from canvas_support import CanvasEnv, canvas_fixture, make_env, wait_for  # noqa: F401  (the `canvas` fixture)
 
 from celeriac import chain, chord, group, signature
 from celeriac.result import AsyncResult, GroupResult
@@ -172,3 +172,18 @@ def test_group_sent_from_a_task_is_a_child(canvas: CanvasEnv) -> None:
         assert child.get(timeout=T) == [1, 2, 3]
         values = [v for _, v in res.collect()]
         assert values[0] == gid and values[1] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo", "asyncio"])
+def test_workflows_on_every_pool(pool: str, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The canvas middleware runs in every pool (the asyncio pool runs it as a phase)."""
+    for env in make_env("sqlite", tmp_path, monkeypatch):
+        m = env.m
+        with env.worker("-P", pool, "-c", "4"):
+            assert chain(m.add.s(4, 6) | m.multiply.s(3))().get(timeout=T) == 30
+            assert chord(group(m.add.s(i, i) for i in range(10)))(m.tsum.s()).get(timeout=T) == 90
+            failing = m.boom.s(1)
+            failing.link_error(m.on_error.s())
+            with pytest.raises(ValueError):
+                failing.delay().get(timeout=T)
+            wait_for(lambda e=env: e.notes("on_error"), T, message="the errback")
