@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -15,6 +17,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from celeriac.brokers import Broker, broker_from_url  # noqa: E402
 
+CELERY_REQUIREMENT = "celery[redis]>=5.3"
 REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
@@ -79,3 +82,46 @@ def _redis_cleanup(b: Broker) -> None:
     keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
     if keys:
         r.delete(*keys)
+
+
+# -- the real Celery, in its own virtualenv (interop tests, benchmarks) -------------------
+
+def _venv_ok(python: Path) -> bool:
+    if not python.exists():
+        return False
+    probe = subprocess.run([str(python), "-c", "import celery, redis"], capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+@pytest.fixture(scope="session")
+def celery_venv() -> Path:
+    venv = Path(os.environ.get("CELERIAC_CELERY_VENV") or ROOT / ".venv-celery")
+    python = venv / "bin" / "python"
+    if _venv_ok(python):
+        return venv
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(venv) + ".lock", "w") as lock:   # two test runs must not build it at once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _venv_ok(python):
+            return venv
+        steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
+                 [str(python), "-m", "pip", "install", "-q", CELERY_REQUIREMENT]]
+        for cmd in steps:
+            try:
+                done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                _unavailable(f"cannot create the Celery virtualenv at {venv}: {exc}")
+            if done.returncode != 0:
+                _unavailable(f"cannot create the Celery virtualenv at {venv} ({' '.join(cmd[-2:])} failed): "
+                            f"{(done.stderr or done.stdout)[-800:]}")
+    if not _venv_ok(python):
+        _unavailable(f"the Celery virtualenv at {venv} cannot import celery and redis")
+    return venv
+
+
+
+def _unavailable(reason: str) -> None:
+    """Without the Celery venv the interop tests cannot run: a failure in CI, a skip elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)

@@ -1,7 +1,7 @@
 """Canvas across implementations over Redis: chains, groups and chords sent by a real Celery
 client run on celeriac workers (Celery's chord join keys, its ``celery.chord`` signatures
 inside chains, its errbacks), and the same workflows sent by celeriac run on a real Celery
-worker.  Celery comes from the virtualenv of test_celery_redis_interop.py."""
+worker.  Celery comes from the shared virtualenv fixture in tests/conftest.py."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import redis
 from support import ROOT, WorkerProcess, wait_for
-from test_celery_redis_interop import celery_venv  # noqa: F401  (the fixture)
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -64,7 +63,7 @@ def celery_client(venv: Path, env: dict[str, str], tmp_path: Path, code: str) ->
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_celery_client_canvas_on_celeriac_worker(celery_venv: Path, env: dict[str, str],  # noqa: F811
+def test_celery_client_canvas_on_celeriac_worker(celery_venv: Path, env: dict[str, str],
                                                  tmp_path: Path) -> None:
     with WorkerProcess(tmp_path, "canvas_interop_app", "-P", "threads", "-c", "4", "--loglevel=info",
                        INTEROP_IMPL="celeriac", **env) as worker:
@@ -151,7 +150,7 @@ def ours(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Modul
         _state._current_app = None
 
 
-def test_celeriac_canvas_on_celery_worker(celery_venv: Path, env: dict[str, str], tmp_path: Path,  # noqa: F811
+def test_celeriac_canvas_on_celery_worker(celery_venv: Path, env: dict[str, str], tmp_path: Path,
                                           ours: ModuleType) -> None:
     from celeriac import chain, chord, group
     from celeriac.exceptions import ChordError

@@ -9,7 +9,6 @@ another one).  Both sides load ``interop_app.py`` — Celery's or ours by
 from __future__ import annotations
 
 import collections
-import fcntl
 import importlib
 import json
 import os
@@ -31,42 +30,6 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(900)]
 
 REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS", "redis://127.0.0.1:6379/0")
 COMPAT_DIR = Path(__file__).resolve().parent
-CELERY_REQUIREMENT = "celery[redis]>=5.3"
-
-
-# -- the Celery virtualenv ---------------------------------------------------------------
-
-def _venv_ok(python: Path) -> bool:
-    if not python.exists():
-        return False
-    probe = subprocess.run([str(python), "-c", "import celery, redis"], capture_output=True, timeout=120)
-    return probe.returncode == 0
-
-
-@pytest.fixture(scope="session")
-def celery_venv() -> Path:
-    venv = Path(os.environ.get("CELERIAC_CELERY_VENV") or ROOT / ".venv-celery")
-    python = venv / "bin" / "python"
-    if _venv_ok(python):
-        return venv
-    venv.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(venv) + ".lock", "w") as lock:   # two test runs must not build it at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _venv_ok(python):
-            return venv
-        steps = [[sys.executable, "-m", "venv", "--clear", str(venv)],
-                 [str(python), "-m", "pip", "install", "-q", CELERY_REQUIREMENT]]
-        for cmd in steps:
-            try:
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-            except (OSError, subprocess.TimeoutExpired) as exc:
-                pytest.skip(f"cannot create the Celery virtualenv at {venv}: {exc}")
-            if done.returncode != 0:
-                pytest.skip(f"cannot create the Celery virtualenv at {venv} ({' '.join(cmd[-2:])} failed): "
-                            f"{(done.stderr or done.stdout)[-800:]}")
-    if not _venv_ok(python):
-        pytest.skip(f"the Celery virtualenv at {venv} cannot import celery and redis")
-    return venv
 
 
 # -- per-test isolation -------------------------------------------------------------------

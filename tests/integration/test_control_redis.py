@@ -21,7 +21,7 @@ from celeriac import Celery
 from celeriac.exceptions import TaskRevokedError
 
 REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS", "redis://127.0.0.1:6379/0")
-CELERY_BIN = Path(os.environ.get("CELERY_VENV", "/tmp/celery-venv")) / "bin" / "celery"
+CELERY_BIN = Path("celery")  # set by the celery_bin fixture to the shared .venv-celery
 HOST = socket.gethostname()
 W1 = f"w1@{HOST}"
 SEP = "\x06\x16"
@@ -174,9 +174,6 @@ def test_pidbox_bytes_on_the_wire(env, r):
 
 
 def _celery(tmp_path: Path, prefix: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    if not CELERY_BIN.exists():
-        pytest.skip(f"no Celery venv at {CELERY_BIN.parent.parent} (python3 -m venv /tmp/celery-venv && "
-                    "/tmp/celery-venv/bin/pip install 'celery[redis]')")
     cdir = tmp_path / "celeryside"
     write(cdir / "capp.py", CELERY_APP.format(url=REDIS_URL, prefix=prefix))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -185,7 +182,14 @@ def _celery(tmp_path: Path, prefix: str, *args: str, timeout: float = 60) -> sub
                           text=True, timeout=timeout)
 
 
-def test_real_celery_cli_sees_our_worker(env):
+@pytest.fixture
+def celery_bin(celery_venv: Path) -> Path:
+    global CELERY_BIN
+    CELERY_BIN = celery_venv / "bin" / "celery"
+    return CELERY_BIN
+
+
+def test_real_celery_cli_sees_our_worker(env, celery_bin):
     tmp_path, client, prefix = env
     with WorkerProcess(tmp_path, "rapp", "-c", "1", "-n", "w1@%h"):
         out = _celery(tmp_path, prefix, "inspect", "ping")
@@ -224,10 +228,8 @@ def _celery_python(tmp_path: Path, prefix: str, code: str) -> subprocess.Complet
                           capture_output=True, text=True, timeout=60)
 
 
-def test_our_control_reaches_a_real_celery_worker(env):
+def test_our_control_reaches_a_real_celery_worker(env, celery_bin):
     tmp_path, client, prefix = env
-    if not CELERY_BIN.exists():
-        pytest.skip(f"no Celery venv at {CELERY_BIN.parent.parent}")
     _celery(tmp_path, prefix, "--version")
     cdir = tmp_path / "celeryside"
     penv = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
