@@ -320,6 +320,15 @@ class Celery:
             self._control = Control(self)
         return self._control
 
+    @property
+    def events(self) -> Any:
+        """``app.events``: ``Receiver``, ``State`` and ``Dispatcher`` (celeriac/events)."""
+        events = self.__dict__.get("_events")
+        if events is None:
+            from .events import Events
+            events = self._events = Events(self)
+        return events
+
     def connection_for_write(self) -> Any:
         return self.broker
 
@@ -465,6 +474,9 @@ class Celery:
                                              headers=env.headers, properties=env.properties,
                                              declare=[], retry_policy=None)
         self.broker.publish(env, queue, not_before=not_before)
+        if self.conf.task_send_sent_event:
+            from .events.dispatcher import send_task_sent
+            send_task_sent(self, env, queue)
         if signals.after_task_publish.receivers:
             signals.after_task_publish.send(sender=name, body=None, exchange="", routing_key=queue,
                                             headers=env.headers)

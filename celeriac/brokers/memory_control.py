@@ -92,7 +92,7 @@ class MemoryControlMixin:
         st = _state(self.url)
         now = time.time()
         with st.cond:
-            st.log = [r for r in st.log if r[2] >= now - KEEP_SECONDS]
+            st.log = [r for r in st.log if r[2] >= now - KEEP_SECONDS and not (r[3] and r[3] < now)]
             st.log.append((st.next_id, channel, now, now + ttl if ttl else 0.0, payload))
             st.next_id += 1
             st.cond.notify_all()

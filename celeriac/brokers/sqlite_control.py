@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS celeriac_revoked (
 """
 
 Q_BROADCAST = "INSERT INTO celeriac_broadcast (channel, created, expires, payload) VALUES (?, ?, ?, ?)"
-Q_BROADCAST_PRUNE = "DELETE FROM celeriac_broadcast WHERE created < ?"
+Q_BROADCAST_PRUNE = "DELETE FROM celeriac_broadcast WHERE created < ? OR (expires > 0 AND expires < ?)"
 Q_BROADCAST_CURSOR = "SELECT COALESCE(MAX(id), 0) FROM celeriac_broadcast"
 Q_BROADCAST_READ = ("SELECT id, expires, payload FROM celeriac_broadcast "
                     "WHERE channel = ? AND id > ? ORDER BY id")
@@ -138,7 +138,7 @@ class SQLiteControlMixin:
         expires = now + ttl if ttl else 0.0
 
         def tx(c: Any) -> None:
-            c.execute(Q_BROADCAST_PRUNE, (now - KEEP_SECONDS,))
+            c.execute(Q_BROADCAST_PRUNE, (now - KEEP_SECONDS, now))
             c.execute(Q_BROADCAST, (channel, now, expires, payload))
 
         self._cdb().write(tx)

@@ -237,7 +237,8 @@ def dead_replay(obj: Ctx, dead_id: str) -> None:
 def _register_optional() -> None:
     from . import demo
     cli.add_command(demo.demo)
-    for mod_name, attr in (("celeriac.cli.control", "commands"), ("celeriac.cli.beat", "commands")):
+    for mod_name, attr in (("celeriac.cli.control", "commands"), ("celeriac.cli.beat", "commands"),
+                           ("celeriac.cli.events", "commands")):
         try:
             module = __import__(mod_name, fromlist=[attr])
         except ImportError:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _state, signals, states
 from ..brokers.base import Delivery
+from ..events.dispatcher import task_events
 from ..exceptions import (
     OperationalError,
     SoftTimeLimitExceeded,
@@ -151,6 +152,7 @@ class AsyncWorkLoop:
         self.default_acks_late = bool(conf.task_acks_late)
         self.acks_on_failure = conf.task_acks_on_failure_or_timeout
         self.rate_limits = RateLimits(app)
+        self.events = self.consumer.events = task_events(app, hostname)  # task events (-E)
         path = getattr(app.broker, "path", None)  # results and acks in one SQLite transaction
         self._combined = path is not None and path == getattr(app.backend, "path", None) \
             and hasattr(app.backend, "writer")
@@ -259,6 +261,7 @@ class AsyncWorkLoop:
                 await flusher
             self.consumer.stop()
             await loop.run_in_executor(self._io, self._write, *self._take(), True)
+            self.events.flush()
             if self._cold:
                 with contextlib.suppress(Exception):
                     await loop.run_in_executor(
@@ -313,8 +316,11 @@ class AsyncWorkLoop:
             self._metas.append(make_meta(msg.id, states.FAILURE, exception_to_dict(
                 WorkerLostError("Worker exited prematurely while running the task.")), ready=True))
             finished_without_running(self.app, msg, states.FAILURE, WorkerLostError("Worker exited prematurely."))
+            self.events.failed(msg.id, "WorkerLostError('Worker exited prematurely.')")
             self._settled(delivery, "ack")
             return
+        if self.events.flag.value:
+            self.events.received(msg)
         req = context_from_message(msg, self.hostname, delivery.queue, delivery.redelivered)
         run = _Run(msg.id, delivery, ExecContext(self.app, task, req, msg, self.hostname), acks_late)
         run.hard, run.soft = resolve_limits(run.ctx)
@@ -333,6 +339,8 @@ class AsyncWorkLoop:
             if (task.rate_limit is not None or task.global_rate_limit is not None
                     or self.rate_limits.default is not None) and not await self._rate_limit(run):
                 return
+            if self.events.flag.value:
+                self.events.started(run.id)
             await self.chain(ctx)
         except BaseException as exc:
             if run.reason == _COLD:
@@ -356,6 +364,8 @@ class AsyncWorkLoop:
             self._room.set()
             if not self._runs:
                 self._idle.set()
+        if self.events.flag.value:
+            self.events.finished(ctx)
         self.processed += 1
         self.totals[ctx.task.name or ""] = self.totals.get(ctx.task.name or "", 0) + 1
         self._metas.extend(ctx.metas)

@@ -41,6 +41,7 @@ class Consumer:
         self.revoked: set[str] = set()
         self.control: Any = None  # worker/control_state.ControlState: revocations, task limits
         self.control_gen = -1
+        self.events: Any = None  # events/dispatcher.py TaskEvents of this process (set by the loop)
         lease = self.broker.lease_seconds
         self.heartbeat_interval = heartbeat_interval or max(min(lease / 3.0, 5.0), 0.05)
         self._stop = threading.Event()
@@ -85,6 +86,8 @@ class Consumer:
             name = env.headers.get("task")
             logger.error("Bad message %s[%s] dead-lettered: %s", name, task_id, exc)
             self._dead(delivery, f"{type(exc).__name__}: {exc}", task_id, exc)
+            if task_id and self.events is not None:
+                self.events.rejected(task_id, False)
             if signals.task_rejected.receivers:
                 signals.task_rejected.send(sender=None, message=env, exc=exc)
             return None
@@ -98,6 +101,8 @@ class Consumer:
             if signals.task_unknown.receivers:
                 signals.task_unknown.send(sender=None, message=msg, exc=exc, name=msg.task, id=msg.id)
             self._dead(delivery, f"NotRegistered: {msg.task}", msg.id, exc)
+            if self.events is not None:
+                self.events.failed(msg.id, f"NotRegistered({msg.task!r})")
             return None
         if logger.isEnabledFor(logging.INFO):
             logger.info("Received task: %s[%s]", msg.shadow or msg.task, msg.id)
@@ -111,6 +116,8 @@ class Consumer:
             finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("expired"))
             if signals.task_revoked.receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=True)
+            if self.events is not None:
+                self.events.revoked(msg.id, expired=True)
             delivery.ack()
             return None
         if self.control is not None:
@@ -122,6 +129,8 @@ class Consumer:
             finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("revoked"))
             if signals.task_revoked.receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=False)
+            if self.events is not None:
+                self.events.revoked(msg.id)
             delivery.ack()
             return None
         if msg.eta is not None and msg.eta > now:

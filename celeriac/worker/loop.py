@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from ..brokers.base import Delivery
+from ..events.dispatcher import task_events
 from ..exceptions import OperationalError, SoftTimeLimitExceeded, TimeLimitExceeded
 from .canvas_mw import finished_without_running
 from .consumer import Consumer
@@ -121,6 +122,7 @@ class WorkLoop:
         self.alarm = AlarmTimer(enforce_hard=slot is None) if in_main_thread else None
         self._unlimited_warned: set[str] = set()
         self.rate_limits = rate_limits if rate_limits is not None else RateLimits(app)
+        self.events = self.consumer.events = task_events(app, hostname)  # task events (-E)
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -183,6 +185,7 @@ class WorkLoop:
         finally:
             consumer.stop()
             self._flush(metas, acks, requeues)
+            self.events.flush()
             unfinished = batch
             if unfinished:
                 try:
@@ -258,6 +261,7 @@ class WorkLoop:
             metas.append(make_meta(msg.id, states.FAILURE, exception_to_dict(
                 WorkerLostError("Worker exited prematurely while running the task.")), ready=True))
             finished_without_running(app, msg, states.FAILURE, WorkerLostError("Worker exited prematurely."))
+            self.events.failed(msg.id, "WorkerLostError('Worker exited prematurely.')")
             acks.append(delivery)
             return
         req = context_from_message(msg, self.hostname, delivery.queue, delivery.redelivered)
@@ -266,6 +270,10 @@ class WorkLoop:
         hard = hard if hard is not None else (task.time_limit if task.time_limit is not None else self.default_limits[0])
         soft = soft if soft is not None else (task.soft_time_limit if task.soft_time_limit is not None
                                               else self.default_limits[1])
+        events = self.events if self.events.flag.value else None  # off: this one read per task
+        if events is not None:
+            events.received(msg)
+            events.started(msg.id)
         if self.slot is not None:
             self.slot.set(msg.id, msg.task, time.time() + hard if hard else 0.0, acks_late)
         self.consumer.mark_running(delivery)
@@ -287,6 +295,8 @@ class WorkLoop:
             self.consumer.mark_running(None)
             if self.slot is not None:
                 self.slot.clear()
+        if events is not None:
+            events.finished(ctx)
         self.processed += 1
         self.totals[msg.task] = self.totals.get(msg.task, 0) + 1  # stats(); prefork: in the slot
         if self.slot is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
+from ..events.dispatcher import task_events
 from ..exceptions import TimeLimitExceeded, WorkerLostError
 from ..protocol.results import exception_to_dict, make_meta
 from .canvas_mw import finished_without_running
@@ -223,6 +224,7 @@ class Supervisor:
                 signum = self.revoked_terminated.pop(tid, None)
                 if signum is not None:  # revoke(terminate=True): REVOKED, not WorkerLostError
                     record_terminated(self.app, d, running, signum)
+                    task_events(self.app, self.hostname).revoked(tid, terminated=True, signum=signum)
                     continue
                 task = self.app.tasks.get(running[1])
                 if not child.killed_for_limit and (self.cold or (running[4] and self._requeue_lost(task))):
@@ -232,6 +234,7 @@ class Supervisor:
                                       else WorkerLostError(f"Worker exited prematurely: signal "
                                                            f"{-child.process.exitcode if child.process.exitcode and child.process.exitcode < 0 else child.process.exitcode}."))
                 logger.error("Task %s[%s] failed: %r", running[1], running[0], exc)
+                task_events(self.app, self.hostname).failed(tid, repr(exc))
                 try:
                     backend.store_meta(make_meta(tid, states.FAILURE, exception_to_dict(exc), None, ready=True))
                 except NotImplementedError:

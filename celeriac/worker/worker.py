@@ -80,7 +80,8 @@ class Worker:
         self.autoscale = autoscale
         self.embed_beat = beat
         self.quiet = quiet
-        self.events = events
+        self.events = bool(events or conf.worker_send_task_events)  # task events (-E)
+        self.event_sender: Any = None  # events/worker.py WorkerEvents, once started
         self.id = uuid.uuid4().hex[:8]
         self._stop = threading.Event()
         self._cold = False
@@ -158,6 +159,7 @@ class Worker:
             print(self.banner(), file=sys.stderr, flush=True)
         signals.celeryd_after_setup.send(sender=self.hostname, instance=self, conf=app.conf)
         self._install_signals()
+        self._setup_events()  # before the pool forks: the children share its switch
         beat_thread = self._start_beat() if self.embed_beat else None
         try:
             if self.pool == "prefork":
@@ -169,13 +171,36 @@ class Worker:
         finally:
             if beat_thread is not None:
                 beat_thread.stop()  # type: ignore[attr-defined]
+            if self.event_sender is not None:
+                self.event_sender.stop()  # this process's task events, then worker-offline
             signals.worker_shutdown.send(sender=self)
             app.close()
         return 0
 
     def _ready(self) -> None:
         logger.warning("%s ready.", self.hostname)
+        if self.event_sender is not None:
+            self.event_sender.start()  # worker-online, then a heartbeat every 2 s
         signals.worker_ready.send(sender=self)
+
+    # -- events (celeriac/events; the control commands call these) ---------------
+    def _setup_events(self) -> None:
+        from ..events.worker import WorkerEvents
+        self.event_sender = WorkerEvents(self)
+
+    def send_heartbeat(self) -> None:
+        if self.event_sender is not None:
+            self.event_sender.heartbeat_now()
+
+    def enable_events(self) -> None:
+        if self.event_sender is not None:
+            self.event_sender.enable()
+        self.events = True
+
+    def disable_events(self) -> None:
+        if self.event_sender is not None:
+            self.event_sender.disable()
+        self.events = False
 
     def _run_prefork(self) -> None:
         sup = self.supervisor = Supervisor(
