@@ -65,9 +65,11 @@ def measure(impl: str, broker: str, prefix: str, n_group: int, n_chord: int, run
             try:
                 add.delay(1, 1).get(timeout=2)
                 break
-            except Exception:
+            except Exception as exc:
                 if time.time() > deadline:
-                    raise SystemExit("worker did not start") from None
+                    proc.kill()
+                    err = proc.stderr.read().decode()[-2000:] if proc.stderr else ""
+                    raise SystemExit(f"worker did not start: {exc!r}\n{err}") from None
         group_times, send_times, chord_times = [], [], []
         for _ in range(runs):
             t0 = time.perf_counter()
