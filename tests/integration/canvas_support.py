@@ -91,6 +91,13 @@ def slow_add(x, y, pause=0.5):
     return x + y
 
 
+@app.task
+def slow_early(x, pause=2.5):
+    note("slow_early_start", x)
+    time.sleep(pause)
+    return x
+
+
 @app.task(bind=True)
 def replace_with_add(self, x):
     return self.replace(add.s(x, 100))

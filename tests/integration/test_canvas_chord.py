@@ -97,6 +97,25 @@ def test_worker_killed_mid_chord(canvas: CanvasEnv, monkeypatch: pytest.MonkeyPa
     assert set(started) == set(range(n))
 
 
+def test_worker_killed_mid_chord_with_early_acks_fails_the_chord(canvas: CanvasEnv) -> None:
+    """Ack on start (the default): a header task that was running when its worker died does
+    not run again; it counts as WorkerLostError and the chord fails instead of waiting."""
+    m = canvas.m
+    res = chord([m.slow_early.s(i, 2.5) for i in range(2)] + [m.add.s(1, 1)], m.collect_list.s()).apply_async()
+    first = canvas.worker("-c", "2", CANVAS_LEASE="3")
+    try:
+        wait_for(lambda: len(canvas.notes("slow_early_start")) == 2, T, message="both slow tasks started")
+        time.sleep(1.5)  # the heartbeat has recorded them as started
+    finally:
+        first.kill_all()
+        first.stop()
+    with canvas.worker("-c", "2", CANVAS_LEASE="3"):
+        with pytest.raises(ChordError, match="raised WorkerLostError"):
+            res.get(timeout=T)
+    assert not canvas.notes("collect_list")
+    assert len(canvas.notes("slow_early_start")) == 2
+
+
 def test_revoked_header_task_fails_the_chord(canvas: CanvasEnv) -> None:
     m = canvas.m
     res = chord([m.add.s(1, 1), m.add.s(2, 2)], m.tsum.s()).apply_async()
