@@ -23,6 +23,8 @@ class Batch:
             task: Any = None) -> AsyncResult[Any]:
         """Build one task message from signature options; returns its result."""
         from .brokers import PublishItem
+        if task is not None and task.typing:
+            task._check_arguments(args, kwargs)  # a TypeError here, not a failure on the worker
         opts = dict(options)
         task_id = opts.pop("task_id", None)
         opts.pop("add_to_parent", None)

@@ -288,3 +288,12 @@ def test_top_level_names_are_the_canvas_module() -> None:
     for name in celeriac._CANVAS:
         assert getattr(celeriac, name) is getattr(canvas, name)
     assert issubclass(ChordError, Exception)
+
+
+def test_arguments_are_checked_before_anything_is_sent(app: Celery) -> None:
+    add = t(app, "add")
+    with pytest.raises(TypeError, match="wiretasks.add"):
+        group(add.s(1, 1), add.s(1, 2, 3)).apply_async()
+    with pytest.raises(TypeError):
+        chord([add.s()], t(app, "tsum").s()).apply_async()
+    assert sent(app) == []
