@@ -101,11 +101,11 @@ def test_worker_killed_mid_chord_with_early_acks_fails_the_chord(canvas: CanvasE
     """Ack on start (the default): a header task that was running when its worker died does
     not run again; it counts as WorkerLostError and the chord fails instead of waiting."""
     m = canvas.m
-    res = chord([m.slow_early.s(i, 2.5) for i in range(2)] + [m.add.s(1, 1)], m.collect_list.s()).apply_async()
+    res = chord([m.slow_early.s(i, 6) for i in range(2)] + [m.add.s(1, 1)], m.collect_list.s()).apply_async()
     first = canvas.worker("-c", "2", CANVAS_LEASE="3")
     try:
         wait_for(lambda: len(canvas.notes("slow_early_start")) == 2, T, message="both slow tasks started")
-        time.sleep(1.5)  # the heartbeat has recorded them as started
+        time.sleep(3.0)  # heartbeats (every second) have recorded them as started
     finally:
         first.kill_all()
         first.stop()
