@@ -59,6 +59,13 @@ class EventReceiver:
         self.clock = Clock()
         self.should_stop = False
         self._pattern = None if self.routing_key == "#" else self.routing_key.replace("#", "*")
+        self._sub: Subscription | None = None
+
+    def subscribe(self) -> None:
+        """Start listening now (``capture`` does it when not done yet): events sent from
+        here on are kept for it."""
+        if self._sub is None:
+            self._sub = self.transport.subscribe(self.routing_key)
 
     # -- Celery's API --------------------------------------------------------------
     def process(self, type: str, event: dict[str, Any]) -> None:
@@ -75,7 +82,9 @@ class EventReceiver:
 
     def itercapture(self, limit: int | None = None, timeout: float | None = None,
                     wakeup: bool = True) -> Iterator[dict[str, Any]]:
-        sub = self.transport.subscribe(self.routing_key)
+        self.subscribe()
+        sub = self._sub
+        assert sub is not None
         try:
             if wakeup:
                 self.wakeup_workers()
@@ -98,6 +107,7 @@ class EventReceiver:
                 elif timeout is not None and now - idle_since >= timeout:
                     raise TimeoutError(f"no event for {timeout} s")
         finally:
+            self._sub = None
             _close(sub)
 
     def wakeup_workers(self, channel: Any = None) -> None:
