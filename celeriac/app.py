@@ -14,10 +14,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, overload
 
 from . import _state, signals
+from ._fastid import uuid4
 from .builtin_tasks import register_builtins
 from .config import Config
 from .exceptions import NotRegistered
 from .protocol.message import build_task_message, safe_repr
+from .result import AsyncResult as _AsyncResult
 from .task import P, R, make_task, validate_task, validate_time_limits
 from .task import Task as BaseTask
 
@@ -363,7 +365,7 @@ class Celery:
     def _message(self, name: str, args: Any, kwargs: Any, task_id: str | None,
                  task: BaseTask[Any, Any] | None, options: dict[str, Any]) -> tuple[Any, str, float | None]:
         conf = self.conf
-        task_id = task_id or str(uuid.uuid4())
+        task_id = task_id or uuid4()
         queue = self._route(name, args, kwargs, options, task)
         now = datetime.now(timezone.utc)
         eta = options.get("eta")
@@ -453,17 +455,22 @@ class Celery:
                   chain: Any = None, task_type: Any = None, replaced_task_nesting: int = 0,
                   _task: BaseTask[Any, Any] | None = None, **options: Any) -> Any:
         """Send a task by name (the worker needs to know it; this process need not)."""
-        from .result import AsyncResult
         self._configure()
         if _task is None:
             _task = self.tasks.get(name)
-        opts = dict(options, countdown=countdown, eta=eta, expires=expires, link=link,
-                    link_error=link_error, group_id=group_id, group_index=group_index,
-                    retries=retries, chord=chord, reply_to=reply_to, time_limit=time_limit,
-                    soft_time_limit=soft_time_limit, root_id=root_id, parent_id=parent_id,
-                    shadow=shadow, chain=chain, replaced_task_nesting=replaced_task_nesting)
-        if opts.get("expires") is None:
-            opts.pop("expires")
+        # only the options given (a missing key reads as None, or 0 for the counters)
+        opts = dict(options) if options else {}
+        for key, value in (("countdown", countdown), ("eta", eta), ("expires", expires), ("link", link),
+                           ("link_error", link_error), ("group_id", group_id), ("group_index", group_index),
+                           ("chord", chord), ("reply_to", reply_to), ("time_limit", time_limit),
+                           ("soft_time_limit", soft_time_limit), ("root_id", root_id),
+                           ("parent_id", parent_id), ("shadow", shadow), ("chain", chain)):
+            if value is not None:
+                opts[key] = value
+        if retries:
+            opts["retries"] = retries
+        if replaced_task_nesting:
+            opts["replaced_task_nesting"] = replaced_task_nesting
         if opts.get("time_limit") is None and _task is not None and _task.time_limit is not None \
                 and "time_limit" not in options:
             pass  # task-level limits are applied by the worker, not sent on the wire
@@ -481,7 +488,7 @@ class Celery:
             signals.after_task_publish.send(sender=name, body=None, exchange="", routing_key=queue,
                                             headers=env.headers)
         parent = _state.current_task_request()
-        result: Any = (result_cls or AsyncResult)(task_id, app=self, task_name=name)
+        result: Any = (result_cls or _AsyncResult)(task_id, app=self, task_name=name)
         if add_to_parent and parent is not None and getattr(parent, "children", None) is not None:
             parent.children.append(result)
         return result
@@ -495,15 +502,32 @@ class Celery:
         items: list[PublishItem] = []
         results: list[Any] = []
         name = task.name or ""
+        clone: Any = False  # the first call is built in full; the others copy it (argument_cloner)
         for args, kwargs in calls:
             if task.typing:
                 task._check_arguments(args, kwargs)
-            env, queue, not_before = self._message(name, args, kwargs, None, task, dict(options))
+            if clone:
+                env = clone(args, kwargs)
+            else:
+                opts = dict(options)
+                env, queue, not_before = self._message(name, args, kwargs, None, task, opts)
+                if clone is False:
+                    clone = self._bulk_cloner(env, opts)
             items.append(PublishItem(env, queue, not_before))
             results.append(AsyncResult(env.headers["id"], app=self, task_name=name))
         if items:
             self.broker.publish_many(items)
         return results
+
+    def _bulk_cloner(self, env: Any, opts: dict[str, Any]) -> Any:
+        """Calls of one bulk send differ only in their arguments, unless a routing function
+        (it sees the arguments) or explicit headers are involved: then each is built in full."""
+        router = getattr(self, "_router_cache", None)
+        if opts.get("headers") or (router is not None and any(m is None for m, _ in router[1].rules)):
+            return None
+        from .protocol.message import argument_cloner
+        callbacks, errbacks, chain, chord = self._embed(opts)
+        return argument_cloner(env, {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord})
 
     def AsyncResult(self, id: str, **kwargs: Any) -> Any:
         from .result import AsyncResult

@@ -208,6 +208,9 @@ class Task(Generic[P, R]):
         fn = self._orig_run
         if fn is None:
             return
+        arity = getattr(self, "_arity_cache", None)
+        if arity is not None and not kwargs and arity[0] <= len(args) <= arity[1]:
+            return  # positional arguments only, as many as the function takes: binds
         sig = getattr(self, "_signature_cache", None)
         if sig is None:
             try:
@@ -218,6 +221,9 @@ class Task(Generic[P, R]):
                 params = list(sig.parameters.values())[1:]
                 sig = sig.replace(parameters=params)
             self._signature_cache = sig
+            params = list(sig.parameters.values())
+            if all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+                self._arity_cache = (sum(p.default is p.empty for p in params), len(params))
         try:
             sig.bind(*args, **kwargs)
         except TypeError as exc:

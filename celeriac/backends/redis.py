@@ -48,6 +48,7 @@ import redis
 
 from .. import states
 from .._redis_url import RedisConnection, connect, map_errors
+from ..brokers._redis_fast import FastLane, pack
 from ..exceptions import OperationalError, TimeoutError
 from .base import (
     CHORD_CLAIM_SECONDS,
@@ -150,6 +151,11 @@ class _Listener:
         self.where = where
         self.pid = os.getpid()
         self.cond = threading.Condition()
+        # Held while (UN)SUBSCRIBEs are sent, with the matching ``inflight`` entries made,
+        # and while the connection is replaced: a waiter may send its own SUBSCRIBE (and
+        # whatever is queued before it) on the listener's connection instead of waking
+        # the thread to do it.  Taken before ``cond``, never the other way round.
+        self.send_lock = threading.Lock()
         self.boxes: dict[bytes, set[_Mailbox]] = {}           # channel -> its waiters
         self.outbox: deque[tuple[str, list[bytes], _Request | None]] = deque()
         self.inflight: deque[list[Any]] = deque()             # [request, confirmations left in batch]
@@ -179,12 +185,30 @@ class _Listener:
             for i in range(0, len(new), BATCH):
                 self.outbox.append(("SUBSCRIBE", new[i:i + BATCH], req))
             self._start()
-        with map_errors(f"Redis result backend at {self.where}"):
-            self.client.publish(self.wake, b"")
+        if not self._send_now():
+            with map_errors(f"Redis result backend at {self.where}"):
+                self.client.publish(self.wake, b"")
         if not req.event.wait(SUBSCRIBE_TIMEOUT):
             self.unsubscribe(box, channels)
             raise OperationalError(f"Redis result backend at {self.where}: no SUBSCRIBE confirmation "
                                    f"within {SUBSCRIBE_TIMEOUT:g}s ({self.error!r})")
+
+    def _send_now(self) -> bool:
+        """Send what is queued (our SUBSCRIBE last) on the listener's connection from this
+        thread: one round trip, no wake-up PUBLISH, no hand-off to the thread for sending.
+        False when there is no healthy connection yet: the thread will do it."""
+        with self.send_lock:
+            with self.cond:
+                ps = self.pubsub
+                ready = (ps is not None and getattr(ps, "connection", None) is not None and self.error is None
+                         and not self.stopping and self.thread is not None and self.thread.is_alive())
+            if not ready:
+                return False
+            try:
+                self._flush_locked()
+            except Exception:
+                return False  # the listener's read fails too, and its reconnect confirms ours
+            return True
 
     def unsubscribe(self, box: _Mailbox, channels: Sequence[bytes]) -> None:
         with self.cond:
@@ -274,6 +298,10 @@ class _Listener:
         self._close_pubsub()
 
     def _open(self) -> None:
+        with self.send_lock:
+            self._open_locked()
+
+    def _open_locked(self) -> None:
         self.pubsub = self.client.pubsub()
         with self.cond:
             # Subscribe every wanted channel; this covers whatever was queued or
@@ -289,6 +317,10 @@ class _Listener:
             self._connected_once = True
 
     def _flush(self) -> None:
+        with self.send_lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         with self.cond:
             items = list(self.outbox)
             self.outbox.clear()
@@ -331,6 +363,10 @@ class _Listener:
             other.event.set()
 
     def _lost(self, exc: BaseException) -> None:
+        with self.send_lock:
+            self._lost_locked(exc)
+
+    def _lost_locked(self, exc: BaseException) -> None:
         self._close_pubsub()
         with self.cond:
             self.error = exc
@@ -361,6 +397,7 @@ class RedisBackend(ResultBackend):
         self._listener_obj: _Listener | None = None
         self._listener_lock = threading.Lock()
         self._local = threading.local()
+        self._lane = FastLane(self.client)  # reads on the hot path (get): one held connection
 
     # -- keys ----------------------------------------------------------------------
     def key_for(self, task_id: str) -> str:
@@ -388,6 +425,7 @@ class RedisBackend(ResultBackend):
         if listener is not None and listener.pid == os.getpid():
             listener.stop()
         self._local = threading.local()
+        self._lane.close()
         self._conn.close()
 
     def _listener(self) -> _Listener:
@@ -419,13 +457,24 @@ class RedisBackend(ResultBackend):
         with self._errors():
             STORE.many(self.client, calls)
 
+    def redis_store_args(self, metas: Sequence[dict[str, Any]]) -> list[Any]:
+        """``store_metas`` as arguments for a script on the same server that stores them with
+        redis_store.lua's rules (the broker's fetch, which settles a worker's batch):
+        ``[ttl_ms, key, status, payload, ...]``."""
+        args: list[Any] = [self._ttl_ms()]
+        for m in metas:
+            args += (self.key_for(m["task_id"]), m["status"], self.encode(m))
+        return args
+
     def _get_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
         ids = list(task_ids)
         if not ids:
             return {}
         with self._errors():
             if len(ids) <= BATCH:
-                values = self.client.mget([self.key_for(t) for t in ids])
+                keys = [self.key_for(t) for t in ids]
+                got = self._lane.call(pack("MGET", *keys), 1)
+                values = got[0] if got is not None else self.client.mget(keys)
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for i in range(0, len(ids), BATCH):
@@ -484,12 +533,21 @@ class RedisBackend(ResultBackend):
         """Subscribe, read once, then take each meta from its published message."""
         deadline = None if timeout is None else time.monotonic() + timeout
         ids = list(dict.fromkeys(task_ids))
+        done: dict[str, dict[str, Any]] = {}
+        if len(ids) > 1:
+            # Many ids (a group, a bulk send): those finished already need no channel
+            # (one read now; the others are read again once subscribed, as below).
+            for tid, meta in self.get_many(ids).items():
+                if meta["status"] in states.READY_STATES:
+                    done[tid] = meta
+            if len(done) == len(ids):
+                return {t: done[t] for t in task_ids}
+            ids = [t for t in ids if t not in done]
         channels = dict(zip(self._channels(ids), ids, strict=True))
         listener = self._listener()
         box = _Mailbox()
         listener.subscribe(box, list(channels))
         try:
-            done: dict[str, dict[str, Any]] = {}
             pending = set(ids)
             refresh = True
             generation, last_read = listener.generation, 0.0

@@ -19,6 +19,8 @@ Layout (every key below is preceded by the ``global_keyprefix`` option)::
     celeriac.delayed             zset: "<step>|<len(Q)>|<Q><envelope>" -> due time
     celeriac.delayed.<Q>         zset: the same members for one queue (stats, purge)
     celeriac.bell.<Q>            list: at most one wake-up token for idle consumers
+    celeriac.wake.<consumer>     list: a token that ends the consumer's own BRPOP at once
+                                   (pushed by its fetch when there is work; expires in 60 s)
     celeriac.dead_letters        list (newest first, capped): JSON dead letters
     celeriac.seq                 counter for made-up tags and dead-letter ids
     celeriac.bucket.<key>        hash {tokens, stamp}: global_rate_limit token buckets
@@ -62,9 +64,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from ..exceptions import DecodeError
 from ..protocol.message import Envelope, from_kombu_json, to_kombu_json
 from ._redis_conn import DEFAULT_SOCKET_TIMEOUT, connect, map_errors
+from ._redis_fast import EXEC, MULTI, FastLane, Tags, pack
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Broker,
@@ -91,6 +96,7 @@ STARTED_KEY = "celeriac.started"
 DELAYED_KEY = "celeriac.delayed"
 QUEUE_DELAYED_PREFIX = "celeriac.delayed."
 BELL_PREFIX = "celeriac.bell."
+WAKE_PREFIX = "celeriac.wake."     # list: one consumer's own wake-up token (see redis_fetch.lua)
 DEAD_LETTERS_KEY = "celeriac.dead_letters"
 SEQ_KEY = "celeriac.seq"
 BUCKET_PREFIX = "celeriac.bucket."
@@ -113,7 +119,26 @@ _DECLARED: dict[tuple[str, str], set[str]] = {}
 @functools.cache
 def _script_text(name: str) -> str:
     lib = (_HERE / "redis_lib.lua").read_text(encoding="utf-8")
+    if name == "fetch":
+        # the fetch also stores the previous batch's results when the result backend is
+        # this server: the result backend's own script, as a function of (KEYS, ARGV)
+        store = (_HERE.parent / "backends" / "redis_store.lua").read_text(encoding="utf-8")
+        lib += f"\nlocal function store_results(KEYS, ARGV)\n{store}\nend\n"
     return lib + "\n" + (_HERE / f"redis_{name}.lua").read_text(encoding="utf-8")
+
+
+class RedisSettlement:
+    """What a consumer finished since its last fetch, settled by that fetch's script:
+    the delivery tags to ack and, when the result backend is the same server and
+    database, the results to store before them (``[ttl_ms, key, status, meta, ...]``)."""
+
+    __slots__ = ("args",)
+
+    def __init__(self, tags: Sequence[str], results: Sequence[Any] = ()) -> None:
+        self.args = [len(tags), *tags, *results]
+
+    def committed(self) -> None:
+        """Nothing to do after the script: it published the results itself."""
 
 
 def _text(value: bytes | str) -> str:
@@ -153,7 +178,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         # a blocking read must end well before the socket times out
         socket_timeout = float(opts.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
         self._max_block = min(self.polling_interval, socket_timeout / 2)
-        self._layout = json.dumps({
+        self._layout = self.layout_json = json.dumps({
             "prefix": self.prefix, "sep": self.sep, "steps": list(self.steps),
             "unacked": self.unacked_key, "unacked_index": self.unacked_index_key,
             "leases": self._k(LEASES_KEY), "lease_owner": self._k(LEASE_OWNER_KEY),
@@ -163,11 +188,32 @@ class RedisBroker(RedisPidboxMixin, Broker):
             "bell_prefix": self._k(BELL_PREFIX), "binding_prefix": self._k(BINDING_KEY),
             "dead_letters": self._k(DEAD_LETTERS_KEY), "dead_cap": DEAD_LETTER_CAP, "seq": self._k(SEQ_KEY),
         })
+        if self._layout == RedisBroker._default_layout(self.prefix):
+            self._layout = "~" + self.prefix  # redis_lib.lua builds the same table itself
         # register_script: EVALSHA, and SCRIPT LOAD again on NOSCRIPT (e.g. after a restart)
         self._scripts = {name: self.client.register_script(_script_text(name)) for name in _SCRIPTS}
         self._declared = _DECLARED.setdefault((self.where, self.prefix), set())
         self._next_reclaim = 0.0
         self._rotation = 0
+        self._lane = FastLane(self.client)  # the hot path: one held connection, hand-packed commands
+        self._tag = Tags()
+        self._step_of = {p: self.step_for(p) for p in range(10)}
+        self._publish_keys: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+
+    @staticmethod
+    def _default_layout(prefix: str) -> str:
+        """The layout JSON of a broker with default options (see redis_lib.lua's "~" form)."""
+        p = prefix
+        return json.dumps({
+            "prefix": p, "sep": SEP, "steps": list(DEFAULT_PRIORITY_STEPS),
+            "unacked": p + UNACKED_KEY, "unacked_index": p + UNACKED_INDEX_KEY,
+            "leases": p + LEASES_KEY, "lease_owner": p + LEASE_OWNER_KEY,
+            "lease_queue": p + LEASE_QUEUE_KEY, "started": p + STARTED_KEY,
+            "consumer_prefix": p + CONSUMER_LEASES_PREFIX, "leased_prefix": p + QUEUE_LEASED_PREFIX,
+            "delayed": p + DELAYED_KEY, "delayed_prefix": p + QUEUE_DELAYED_PREFIX,
+            "bell_prefix": p + BELL_PREFIX, "binding_prefix": p + BINDING_KEY,
+            "dead_letters": p + DEAD_LETTERS_KEY, "dead_cap": DEAD_LETTER_CAP, "seq": p + SEQ_KEY,
+        })
 
     # -- keys --------------------------------------------------------------------
     def _k(self, name: str) -> str:
@@ -198,6 +244,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
             self.client.ping()
 
     def close(self) -> None:
+        self._lane.close()
         self._conn.close()
 
     def _bind(self, pipe: Any, queue: str) -> None:
@@ -219,40 +266,136 @@ class RedisBroker(RedisPidboxMixin, Broker):
         self._declare([name])
 
     # -- producing ---------------------------------------------------------------
+    def publish(self, envelope: Envelope, queue: str, *, not_before: float | None = None,
+                exchange: str = "") -> None:
+        """One message, one round trip: MULTI, LPUSH, ring the doorbell, EXEC, sent on the
+        fast lane.  When this returns the message is in Redis."""
+        if (not_before is not None and self.eta_in_broker and not_before > time.time()) \
+                or queue not in self._declared:
+            self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
+            return
+        p = envelope.properties.get("priority")
+        step = self._step_of.get(p, 0) if p.__class__ is int else self.steps[0]
+        keys = self._publish_keys.get((queue, step))
+        if keys is None:
+            keys = self._publish_keys[(queue, step)] = (
+                b"*3\r\n$5\r\nLPUSH\r\n" + pack(self.queue_key(queue, step))[4:],
+                pack("LPUSH", self._k(BELL_PREFIX + queue), "1") + pack("LTRIM", self._k(BELL_PREFIX + queue), 0, 0)
+                + EXEC)
+        body = to_kombu_json(envelope, exchange, queue, self._tag()).encode()
+        packed = b"".join((MULTI, keys[0], b"$%d\r\n" % len(body), body, b"\r\n", keys[1]))
+        try:
+            res = self._lane.call(packed, 5)
+        except redis.exceptions.RedisError:
+            with self._errors():
+                raise
+        if res is None:  # another thread holds the lane
+            self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
+            return
+        for r in res[4] or ():
+            if isinstance(r, Exception):
+                with self._errors():
+                    raise r
+
     def publish_many(self, items: Sequence[PublishItem]) -> None:
         if not items:
             return
         now = time.time()
-        pipe = self.client.pipeline(transaction=True)
         new = [q for q in dict.fromkeys(it.queue for it in items) if q not in self._declared]
+        cmds: list[tuple[Any, ...]] = []
         for q in new:
-            self._bind(pipe, q)
+            member = f"{q}{self.sep}{self.sep}{q}"
+            cmds.append(("SADD", self._k(BINDING_KEY + q), member))
+            cmds.append(("SADD", self._k(BINDING_PERMANENT_KEY + q), member))
         ready: dict[str, list[str]] = {}
         touched: dict[str, None] = {}
+        tag, step_of, first = self._tag, self._step_of, self.steps[0]
         for it in items:
-            payload = to_kombu_json(it.envelope, it.exchange, it.queue, str(uuid.uuid4()))
-            step = self.step_for(it.envelope.priority)
+            payload = to_kombu_json(it.envelope, it.exchange, it.queue, tag())
+            p = it.envelope.properties.get("priority")
+            step = step_of.get(p, first) if p.__class__ is int else first
             if it.not_before is not None and it.not_before > now and self.eta_in_broker:
                 member = self._delayed_member(it.queue, step, payload)
-                pipe.zadd(self._k(DELAYED_KEY), {member: it.not_before})
-                pipe.zadd(self._k(QUEUE_DELAYED_PREFIX + it.queue), {member: it.not_before})
+                cmds.append(("ZADD", self._k(DELAYED_KEY), it.not_before, member))
+                cmds.append(("ZADD", self._k(QUEUE_DELAYED_PREFIX + it.queue), it.not_before, member))
             else:
                 ready.setdefault(self.queue_key(it.queue, step), []).append(payload)
             touched[it.queue] = None
         for key, payloads in ready.items():
-            pipe.lpush(key, *payloads)
+            cmds.append(("LPUSH", key, *payloads))
         for q in touched:  # wake one idle consumer (it re-reads the next due time for delayed ones)
-            pipe.lpush(self._k(BELL_PREFIX + q), "1")
-            pipe.ltrim(self._k(BELL_PREFIX + q), 0, 0)
-        with self._errors():
-            pipe.execute()
+            cmds.append(("LPUSH", self._k(BELL_PREFIX + q), "1"))
+            cmds.append(("LTRIM", self._k(BELL_PREFIX + q), 0, 0))
+        self._transaction(cmds)
         self._declared.update(new)
 
+    def _transaction(self, cmds: Sequence[tuple[Any, ...]]) -> None:
+        """MULTI, the commands, EXEC: one write on the fast lane (a pipeline if it is busy)."""
+        try:
+            res = self._lane.call(b"".join([MULTI, *(pack(*c) for c in cmds), EXEC]), len(cmds) + 2)
+        except redis.exceptions.RedisError:
+            with self._errors():
+                raise
+        if res is None:
+            pipe = self.client.pipeline(transaction=True)
+            for c in cmds:
+                pipe.execute_command(*c)
+            with self._errors():
+                pipe.execute()
+            return
+        for r in res[-1] or ():
+            if isinstance(r, Exception):
+                with self._errors():
+                    raise r
+
     # -- consuming ---------------------------------------------------------------
+    # -- settling (worker/loop.py): a batch's results and acks ride on the next fetch --
+    def settles_with(self, backend: Any) -> str:
+        """"all" when ``fetch(settle=...)`` can also store ``backend``'s results (it is a
+        Redis result backend on this server and database, storing results its own way:
+        not a subclass that changes how), else "acks"."""
+        from ..backends.base import ResultBackend
+        from ..backends.redis import RedisBackend
+        if not isinstance(backend, RedisBackend) or type(backend)._set_many is not RedisBackend._set_many \
+                or type(backend).store_metas is not ResultBackend.store_metas:
+            return "acks"
+        conn = getattr(backend, "_conn", None)
+        if conn is None or getattr(conn, "where", None) != self.where:
+            return "acks"
+        mine = self.client.connection_pool.connection_kwargs
+        theirs = conn.client.connection_pool.connection_kwargs
+        same = all(mine.get(k) == theirs.get(k) for k in ("host", "port", "path", "db", "username", "password"))
+        return "all" if same else "acks"
+
+    def settlement(self, acks: Sequence[Delivery], metas: Sequence[dict[str, Any]], backend: Any) -> RedisSettlement:
+        """The settle argument for ``fetch``: ``metas`` only when ``settles_with(backend)`` is "all"."""
+        return RedisSettlement([d.tag for d in acks], backend.redis_store_args(metas) if metas else ())
+
+    def _script(self, name: str, args: Sequence[Any]) -> Any:
+        """EVALSHA on the fast lane (the pool when another thread holds it)."""
+        script = self._scripts[name]
+        packed = pack("EVALSHA", script.sha, 0, self._layout, *args)
+        try:
+            try:
+                res = self._lane.call(packed, 1)
+            except redis.exceptions.NoScriptError:  # nothing ran: load it and run again
+                self.client.script_load(script.script)
+                res = self._lane.call(packed, 1)
+        except redis.exceptions.RedisError:
+            with self._errors():
+                raise
+        return self._run(name, args) if res is None else res[0]
+
     def fetch(self, queues: Sequence[str], max_count: int, timeout: float,
-              consumer_id: str) -> list[Delivery]:
+              consumer_id: str, settle: RedisSettlement | None = None) -> list[Delivery]:
+        """Lease up to ``max_count`` messages.  ``settle`` (see ``settlement``) is run by the
+        same script first: the previous batch's results and acks cost no round trip."""
         names = list(dict.fromkeys(queues))
+        settle_args: list[Any] = settle.args if settle is not None else [0]
         if not names:
+            if settle is not None:
+                self._script("fetch", [consumer_id, 0, self.lease_seconds, "0", self.visibility_timeout, "", 0,
+                                       0, *settle_args])
             time.sleep(max(timeout, 0.0))
             return []
         self._declare(names)
@@ -260,13 +403,18 @@ class RedisBroker(RedisPidboxMixin, Broker):
             self._rotation = (self._rotation + 1) % len(names)
             names = names[self._rotation:] + names[:self._rotation]
         bells = [self._k(BELL_PREFIX + q) for q in names]
+        wake = self._k(WAKE_PREFIX + consumer_id)
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
-            reclaim = time.monotonic() >= self._next_reclaim
+            now = time.monotonic()
+            reclaim = now >= self._next_reclaim
             if reclaim:
-                self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL
-            res = self._run("fetch", [consumer_id, max(max_count, 0), self.lease_seconds,
-                                      "1" if reclaim else "0", self.visibility_timeout, *names])
+                self._next_reclaim = now + RECLAIM_INTERVAL
+            block = round(max(min(deadline - now, self._max_block), MIN_BLOCK), 3)
+            args = [consumer_id, max(max_count, 0), self.lease_seconds, "1" if reclaim else "0",
+                    self.visibility_timeout, wake, block, len(names), *names, *settle_args]
+            res, woke = self._fetch_then_wait(args, [wake, *bells], block)
+            settle_args = [0]
             if len(res) > 2:
                 got = self._deliveries(res[2:], names, consumer_id)
                 if got:
@@ -275,13 +423,47 @@ class RedisBroker(RedisPidboxMixin, Broker):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
+            if woke is None or _text(woke[0]) != wake:
+                continue  # a doorbell rang, or the BRPOP waited its time: look again
+            # our own token without work: a delayed message is due before the block ends
+            # (or there was no BRPOP, see _fetch_then_wait); wait until then
             wait = min(remaining, self._max_block)
             if res[1]:
                 wait = min(wait, float(res[1]) - float(res[0]))
-            if wait <= 0:
-                continue
+            if wait > 0:
+                self._ring_wait(bells, max(wait, MIN_BLOCK))
+
+    def _fetch_then_wait(self, args: list[Any], wait_keys: list[str], block: float) -> tuple[Any, Any]:
+        """The fetch script and, behind it in the same write, a BRPOP on this consumer's wake
+        list and the doorbells: (script reply, BRPOP reply or None).  The script pushes a
+        wake token when it returns work, so the BRPOP only sleeps when there is none.
+        Without the fast lane (another thread holds it): the script alone, and (reply, "")."""
+        script = self._scripts["fetch"]
+        packed = pack("EVALSHA", script.sha, 0, self._layout, *args) + pack("BRPOP", *wait_keys, block)
+        try:
+            try:
+                got = self._lane.call(packed, 2)
+            except redis.exceptions.NoScriptError:  # nothing ran (the BRPOP timed out): load it, again
+                self.client.script_load(script.script)
+                got = self._lane.call(packed, 2)
+        except redis.exceptions.RedisError:
             with self._errors():
-                self.client.brpop(bells, timeout=max(wait, MIN_BLOCK))
+                raise
+        if got is None:
+            args[5] = ""  # no wake list: nobody would pop its token
+            return self._run("fetch", args), (wait_keys[0], b"")
+        return got[0], got[1]
+
+    def _ring_wait(self, bells: Sequence[str], timeout: float) -> None:
+        """Block until a doorbell rings (BRPOP of a token) or ``timeout`` seconds pass."""
+        try:
+            if self._lane.call(pack("BRPOP", *bells, round(timeout, 3)), 1) is not None:
+                return
+        except redis.exceptions.RedisError:
+            with self._errors():
+                raise
+        with self._errors():
+            self.client.brpop(bells, timeout=timeout)
 
     def _deliveries(self, flat: Sequence[Any], names: list[str], consumer_id: str) -> list[Delivery]:
         out: list[Delivery] = []

@@ -117,6 +117,10 @@ class WorkLoop:
         self.default_acks_late = bool(conf.task_acks_late)
         self.acks_on_failure = conf.task_acks_on_failure_or_timeout
         self.combined = self._same_file()
+        # "all": the next fetch stores this batch's results and acks it (SQLite: same file,
+        # one transaction; Redis: same server and database, one script); "acks": results
+        # are stored first, acks ride on the fetch (Redis with results elsewhere); None: flush
+        self.settle_mode = "all" if self.combined else self._broker_settles()
         # soft limits (and, in solo, hard ones) need this process's main thread;
         # a prefork child's hard limit is its supervisor's job
         self.alarm = AlarmTimer(enforce_hard=slot is None) if in_main_thread else None
@@ -153,12 +157,16 @@ class WorkLoop:
             while not self.stop_event.is_set():
                 try:
                     settle = None
-                    if self.combined and (metas or acks) and not requeues:
+                    if self.settle_mode and (metas or acks) and not requeues:
+                        if metas and self.settle_mode == "acks":
+                            self._store_first(metas)  # results before acks, always
                         settle = self._settle_fn(metas, acks)
                     batch = consumer.fetch(self.prefetch, timeout=1.0, settle=settle)
                     if settle is not None:
                         metas.clear()
                         acks.clear()
+                    if not metas and not acks:
+                        last_flush = time.monotonic()  # nothing waits: FLUSH_SECONDS counts from here
                     backoff = 0.0
                 except OperationalError as exc:
                     backoff = min(backoff * 2 or 0.5, 10.0)
@@ -173,14 +181,14 @@ class WorkLoop:
                     self._process(delivery, metas, acks, requeues)
                     now = time.monotonic()
                     if (batch and (len(acks) >= FLUSH_COUNT or now - last_flush > FLUSH_SECONDS)) \
-                            or (not batch and not self.combined):
+                            or (not batch and not self.settle_mode):
                         self._flush(metas, acks, requeues)
                         last_flush = now
                     if self.max_tasks and self.processed >= self.max_tasks:
                         self.stop_event.set()
                     if self.max_memory_kib and self._over_memory():
                         self.stop_event.set()
-                if not self.combined or requeues:  # requeues (Reject(requeue=True)) are not settled in a lease
+                if not self.settle_mode or requeues:  # requeues (Reject(requeue=True)) are not settled in a lease
                     self._flush(metas, acks, requeues)
         finally:
             consumer.stop()
@@ -194,8 +202,21 @@ class WorkLoop:
                     logger.error("Could not give back %d prefetched messages: %r", len(unfinished), exc)
 
     def _settle_fn(self, metas: list[dict[str, Any]], acks: list[Delivery]) -> Any:
+        if not self.combined:  # a broker that settles by itself (Redis)
+            return self.app.broker.settlement(acks, metas, self.app.backend)
         return _Settle(self.app.backend.writer(metas) if metas else None,
                        self.app.broker.ack_statements(acks), self.app.backend.bell)
+
+    def _broker_settles(self) -> str | None:
+        settles_with = getattr(self.app.broker, "settles_with", None)
+        return settles_with(self.app.backend) if settles_with is not None else None
+
+    def _store_first(self, metas: list[dict[str, Any]]) -> None:
+        try:
+            self.app.backend.store_metas(metas)
+        except NotImplementedError:
+            pass  # no result backend configured
+        metas.clear()
 
     def _same_file(self) -> bool:
         broker, backend = self.app.broker, self.app.backend
@@ -272,8 +293,7 @@ class WorkLoop:
                                               else self.default_limits[1])
         events = self.events if self.events.flag.value else None  # off: this one read per task
         if events is not None:
-            events.received(msg)
-            events.started(msg.id)
+            events.begin(msg)  # task-received, task-started
         if self.slot is not None:
             self.slot.set(msg.id, msg.task, time.time() + hard if hard else 0.0, acks_late)
         self.consumer.mark_running(delivery)

@@ -5,6 +5,7 @@ limit, and settle the messages of a child that died.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -121,6 +122,11 @@ class Supervisor:
         consumer_id = f"{self.hostname}/{self.run_id}/{index}.{self._gen}"
         slot = Slot(sorted(self.app.tasks))
         signals.worker_before_create_process.send(sender=self)
+        # Everything alive now goes to the permanent generation: the child's garbage
+        # collector then never writes to those objects' headers, so their pages stay
+        # shared with this process instead of being copied on the child's first collection.
+        gc.collect()
+        gc.freeze()
         proc = _ctx.Process(target=child_main, name=f"ForkPoolWorker-{index}",
                             args=(self.app, index, self.queues, consumer_id, self.hostname, self.prefetch,
                                   slot, self.max_tasks, self.redirect,
@@ -129,6 +135,8 @@ class Supervisor:
                             kwargs={"max_memory": self.max_memory}, daemon=False)
         proc.start()
         self.children[index] = Child(index, proc, consumer_id, slot, time.monotonic())
+        if self.warm:  # stop() ran (a signal handler) while this one was forked: it missed it
+            os.kill(proc.pid, signal.SIGKILL if self.cold else signal.SIGTERM)
 
     def start(self) -> None:
         initial = self.autoscale[1] if self.autoscale else self.concurrency
