@@ -19,6 +19,8 @@ reach every prefork child; when off, a task costs one read of that byte.
 from __future__ import annotations
 
 import ctypes
+import itertools
+import json
 import logging
 import multiprocessing
 import os
@@ -26,6 +28,8 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any
 
 from .. import states
@@ -39,7 +43,7 @@ if TYPE_CHECKING:
     from ..worker.execute import ExecContext
 
 logger = logging.getLogger("celeriac.events")
-FLUSH_SECONDS = 0.05     # task events wait at most this long (plus a publish) to be sent
+FLUSH_SECONDS = 0.1      # task events wait at most this long (plus a publish) to be sent
 MAX_BATCH = 500          # events per task.multi message
 WARN_EVERY = 30.0        # seconds between two warnings about failed publishes
 
@@ -52,6 +56,7 @@ class Transport:
     def __init__(self, app: Celery, broker: Any = None) -> None:
         self.app = app
         self._broker = broker
+        self._listened: tuple[Any, Any] | None = None  # (broker, ListenerCheck or None)
         conf = app.conf
         self.exchange = conf.event_exchange or EXCHANGE
         ttl = conf.event_queue_ttl
@@ -72,7 +77,7 @@ class Transport:
             raw = to_kombu_json(env, self.exchange, routing_key, str(uuid.uuid4()))
             with broker._errors():
                 broker.client.publish(broker._fanout_channel(self.exchange, routing_key), raw)
-        else:
+        elif self._anyone_listening(broker):
             broker.broadcast(self.exchange, body, ttl=self.ttl)
 
     def subscribe(self, routing_key: str = "#") -> Subscription:
@@ -80,7 +85,52 @@ class Transport:
         broker = self.broker
         if self.is_redis(broker):
             return broker.subscribe_broadcast(f"{self.exchange}/{routing_key}")  # type: ignore[no-any-return]
-        return broker.subscribe_broadcast(self.exchange)  # type: ignore[no-any-return]
+        sub = broker.subscribe_broadcast(self.exchange)
+        path = self._sqlite_path(broker)
+        return sub if path is None else _Listening(sub, path, self.exchange)
+
+    # -- SQLite: events are written only while someone listens (events/listeners.py) ----
+    @staticmethod
+    def _sqlite_path(broker: Any) -> str | None:
+        path = getattr(broker, "path", None)
+        return path if isinstance(path, str) and hasattr(broker, "broadcast") else None
+
+    def _anyone_listening(self, broker: Any) -> bool:
+        cached = self._listened
+        if cached is None or cached[0] is not broker:
+            from .listeners import ListenerCheck
+            path = self._sqlite_path(broker)
+            cached = self._listened = (broker, ListenerCheck(path, self.exchange) if path else None)
+        return cached[1] is None or bool(cached[1])
+
+    def refresh_listeners(self) -> None:
+        """Look for listeners again at the next publish (a receiver just said hello)."""
+        if self._listened is not None and self._listened[1] is not None:
+            self._listened[1].refresh()
+
+
+class _Listening(Subscription):
+    """A SQLite event subscription that keeps its row in the listeners table."""
+
+    def __init__(self, sub: Subscription, path: str, channel: str) -> None:
+        from . import listeners
+        self.sub, self.path, self.channel = sub, path, channel
+        self.id = str(uuid.uuid4())
+        self.listeners = listeners
+        listeners.listen(path, self.id, channel)
+        self.next_refresh = time.monotonic() + listeners.REFRESH_SECONDS
+
+    def get(self, timeout: float) -> list[bytes]:
+        if time.monotonic() >= self.next_refresh:
+            self.next_refresh = time.monotonic() + self.listeners.REFRESH_SECONDS
+            self.listeners.listen(self.path, self.id, self.channel)
+        return self.sub.get(timeout)
+
+    def close(self) -> None:
+        try:
+            self.listeners.leave(self.path, self.id)
+        finally:
+            self.sub.close()
 
 
 class _Warner:
@@ -202,7 +252,10 @@ def task_events(app: Celery, hostname: str) -> TaskEvents:
 class TaskEvents:
     """Task events of one worker process, buffered and flushed by a thread.
 
-    Callers on the hot path test ``flag.value`` first; every method also checks it.
+    The hot path records a small tuple (kind, clock, time, data); the flusher thread
+    renders the JSON text of each event (keys in Celery's order) and publishes them
+    as one array.  Callers on the hot path test ``flag.value`` first; every method
+    also checks it.
     """
 
     def __init__(self, app: Celery, hostname: str, flag: Any) -> None:
@@ -211,27 +264,26 @@ class TaskEvents:
         self.flag = flag
         self.pid = os.getpid()
         self.offset = utcoffset()
-        self.clock = Clock()
+        self._clock = itertools.count(1)
         self.transport = Transport(app)
-        self._queue: deque[dict[str, Any]] = deque()
+        self._queue: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._closing = threading.Event()
+        self._full = threading.Event()
         self._flush_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._warn = _Warner()
 
-    # -- sending ---------------------------------------------------------------
-    def _emit(self, type_: str, fields: dict[str, Any]) -> None:
-        event = {"hostname": self.hostname, "utcoffset": self.offset, "pid": self.pid,
-                 "clock": self.clock.forward()}
-        event.update(fields)
-        event["timestamp"] = time.time()
-        event["type"] = type_
-        self._queue.append(event)
+    # -- buffering -------------------------------------------------------------
+    def _push(self, item: tuple[Any, ...]) -> None:
+        queue = self._queue
+        queue.append(item)
         if not self._wake.is_set():
             if self._thread is None:
                 self._start_thread()
             self._wake.set()
+        elif len(queue) == MAX_BATCH:  # a backlog runs: send a full batch now, hold less memory
+            self._full.set()
 
     def _start_thread(self) -> None:
         with _registry_lock:
@@ -242,46 +294,61 @@ class TaskEvents:
     def _run(self) -> None:
         while not self._closing.is_set():
             self._wake.wait()
-            self._closing.wait(FLUSH_SECONDS)  # let more events gather
+            self._full.wait(FLUSH_SECONDS)  # let more events gather (not too many: see _push)
+            self._full.clear()
             self._wake.clear()  # before draining: an event appended later sets it again
             self.flush()
 
     def flush(self) -> None:
         """Publish what is buffered now (from the flusher thread, or at shutdown)."""
         with self._flush_lock:
-            batch: list[dict[str, Any]] = []
+            items: list[tuple[Any, ...]] = []
             queue = self._queue
             while True:
                 try:
-                    batch.append(queue.popleft())
+                    items.append(queue.popleft())
                 except IndexError:
                     break
-            for i in range(0, len(batch), MAX_BATCH):
-                try:
-                    self.transport.publish(TASK_MULTI, encode(batch[i:i + MAX_BATCH]), self.hostname)
-                except Exception as exc:
-                    self._warn("task events", exc)
+            if items:
+                head = (f'{{"hostname": {_str(self.hostname)}, "utcoffset": {self.offset!r}, '
+                        f'"pid": {self.pid}, "clock": ')
+                texts: list[str] = []
+                for item in items:
+                    try:
+                        texts.extend(_RENDER[item[0]](head, item))
+                    except Exception as exc:  # a value JSON cannot carry: drop that event only
+                        logger.debug("Dropping an event that cannot be encoded: %r", exc)
+                for i in range(0, len(texts), MAX_BATCH):
+                    body = ("[" + ", ".join(texts[i:i + MAX_BATCH]) + "]").encode("utf-8")
+                    try:
+                        self.transport.publish(TASK_MULTI, body, self.hostname)
+                    except Exception as exc:
+                        self._warn("task events", exc)
             self.offset = utcoffset()
 
     def close(self) -> None:
         self._closing.set()
         self._wake.set()
+        self._full.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5.0)
         self.flush()
 
     # -- the events --------------------------------------------------------------
+    def begin(self, msg: TaskMessage) -> None:
+        """task-received then task-started (the loop pools run a task as soon as they take it)."""
+        if self.flag.value:
+            clock = next(self._clock)
+            next(self._clock)
+            self._push((_BEGIN, clock, time.time(), msg))
+
     def received(self, msg: TaskMessage) -> None:
         if self.flag.value:
-            h = msg.headers
-            self._emit("task-received", {"uuid": msg.id, "name": msg.task, "args": msg.argsrepr,
-                                         "kwargs": msg.kwargsrepr, "root_id": msg.root_id,
-                                         "parent_id": msg.parent_id, "retries": msg.retries,
-                                         "eta": h.get("eta"), "expires": h.get("expires")})
+            self._push((_RECEIVED, next(self._clock), time.time(), msg))
 
     def started(self, task_id: str) -> None:
         if self.flag.value:
-            self._emit("task-started", {"uuid": task_id})
+            self._push((_STARTED, next(self._clock), time.time(), task_id))
 
     def finished(self, ctx: ExecContext) -> None:
         """The outcome recorded on ``ctx``: succeeded, failed, retried, rejected or revoked."""
@@ -289,32 +356,73 @@ class TaskEvents:
             return
         state, task_id = ctx.state, ctx.req.id
         if state == states.SUCCESS:
-            self._emit("task-succeeded", {"uuid": task_id, "result": safe_repr(ctx.retval),
-                                          "runtime": ctx.runtime})
+            self._push((_SUCCEEDED, next(self._clock), time.time(), task_id, safe_repr(ctx.retval), ctx.runtime))
         elif state == states.FAILURE:
             self.failed(task_id, safe_repr(ctx.exc), ctx.tb or "")
         elif state == states.RETRY:
             retry = ctx.retry
             exc: Any = retry.exc if retry is not None and isinstance(retry.exc, BaseException) else retry
-            self._emit("task-retried", {"uuid": task_id, "exception": safe_repr(exc),
-                                        "traceback": ctx.tb or ""})
+            self.emit("task-retried", uuid=task_id, exception=safe_repr(exc), traceback=ctx.tb or "")
         elif state == states.REJECTED:
             self.rejected(task_id, bool(ctx.reject_requeue))
         elif state == states.REVOKED:
             self.revoked(task_id, terminated=True)
 
-    def failed(self, task_id: str, exception: str, traceback: str = "") -> None:
+    def emit(self, type_: str, **fields: Any) -> None:
+        """Any event, its fields in this order (between the common ones)."""
         if self.flag.value:
-            self._emit("task-failed", {"uuid": task_id, "exception": exception, "traceback": traceback})
+            self._push((_OTHER, next(self._clock), time.time(), type_, fields))
+
+    def failed(self, task_id: str, exception: str, traceback: str = "") -> None:
+        self.emit("task-failed", uuid=task_id, exception=exception, traceback=traceback)
 
     def rejected(self, task_id: str, requeue: bool = False) -> None:
-        if self.flag.value:
-            self._emit("task-rejected", {"uuid": task_id, "requeue": requeue})
+        self.emit("task-rejected", uuid=task_id, requeue=requeue)
 
     def revoked(self, task_id: str, terminated: bool = False, signum: Any = None, expired: bool = False) -> None:
-        if self.flag.value:
-            self._emit("task-revoked", {"uuid": task_id, "terminated": terminated, "signum": signum,
-                                        "expired": expired})
+        self.emit("task-revoked", uuid=task_id, terminated=terminated, signum=signum, expired=expired)
+
+
+# -- rendering (in the flusher thread) -------------------------------------------------
+
+_BEGIN, _RECEIVED, _STARTED, _SUCCEEDED, _OTHER = range(5)
+_str = encode_basestring_ascii  # a str as a JSON string literal (C)
+
+
+def _val(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return _str(value)  # type: ignore[no-any-return]
+    return json.dumps(value, default=repr)
+
+
+def _received(head: str, clock: int, ts: float, msg: TaskMessage) -> str:
+    h = msg.headers
+    return (f'{head}{clock}, "uuid": {_str(msg.id)}, "name": {_str(msg.task)}, "args": {_val(msg.argsrepr)}, '
+            f'"kwargs": {_val(msg.kwargsrepr)}, "root_id": {_val(msg.root_id)}, '
+            f'"parent_id": {_val(msg.parent_id)}, "retries": {msg.retries}, "eta": {_val(h.get("eta"))}, '
+            f'"expires": {_val(h.get("expires"))}, "timestamp": {ts!r}, "type": "task-received"}}')
+
+
+def _started(head: str, clock: int, ts: float, task_id: str) -> str:
+    return f'{head}{clock}, "uuid": {_str(task_id)}, "timestamp": {ts!r}, "type": "task-started"}}'
+
+
+def _render_other(head: str, item: tuple[Any, ...]) -> list[str]:
+    _, clock, ts, type_, fields = item
+    inner = json.dumps(fields, default=repr)[1:-1]
+    return [f'{head}{clock}, {inner}{", " if inner else ""}"timestamp": {ts!r}, "type": {_str(type_)}}}']
+
+
+_RENDER: dict[int, Callable[[str, tuple[Any, ...]], list[str]]] = {
+    _BEGIN: lambda head, i: [_received(head, i[1], i[2], i[3]), _started(head, i[1] + 1, i[2], i[3].id)],
+    _RECEIVED: lambda head, i: [_received(head, i[1], i[2], i[3])],
+    _STARTED: lambda head, i: [_started(head, i[1], i[2], i[3])],
+    _SUCCEEDED: lambda head, i: [f'{head}{i[1]}, "uuid": {_str(i[3])}, "result": {_str(i[4])}, '
+                                 f'"runtime": {float(i[5])!r}, "timestamp": {i[2]!r}, "type": "task-succeeded"}}'],
+    _OTHER: _render_other,
+}
 
 
 def send_task_sent(app: Celery, env: Envelope, queue: str) -> None:

@@ -121,6 +121,7 @@ class WorkerEvents:
     def heartbeat_now(self) -> None:
         """The ``heartbeat`` control command (sent by monitors when they start): as Celery
         answers it, ``freq`` 5 and the software fields only."""
+        self.transport.refresh_listeners()
         self.send("worker-heartbeat", freq=5, **SOFTWARE_INFO)
 
     def enable(self) -> None:

@@ -273,6 +273,34 @@ def test_worker_send_task_events_setting_and_heartbeat_command(sqlite_ev: Env, t
             col.stop()
 
 
+def test_sqlite_events_are_written_only_while_someone_listens(sqlite_ev: Env, tmp_path: Path) -> None:
+    import sqlite3
+    app = sqlite_ev.app()
+
+    def rows() -> int:
+        with sqlite3.connect(tmp_path / "broker.db") as db:
+            return int(db.execute("SELECT COUNT(*) FROM celeriac_broadcast WHERE channel = 'celeryev'")
+                       .fetchone()[0])
+
+    with sqlite_ev.worker("-E", "-c", "1", "-n", "lonely@testhost") as w:
+        first = app.send_task("evapp.add", (1, 1)).id
+        wait_for(lambda: app.AsyncResult(first).ready(), 30, message="first task")
+        time.sleep(2.5)  # a heartbeat is due meanwhile
+        assert rows() == 0  # nobody listened: no event was written into the queue's file
+        col = Collector(app)
+        try:
+            col.wait("worker-heartbeat", hostname="lonely@testhost")
+            time.sleep(1.2)  # the pool processes look for listeners once a second
+            second = app.send_task("evapp.add", (2, 2)).id
+            assert col.wait("task-succeeded", uuid=second)["result"] == "4"
+            assert not col.of("task-received", uuid=first)
+        finally:
+            col.stop()
+        with sqlite3.connect(tmp_path / "broker.db") as db:
+            assert db.execute("SELECT COUNT(*) FROM celeriac_event_listeners").fetchone()[0] == 0
+        assert w.stop() == 0
+
+
 def test_state_follows_the_events(ev: Env) -> None:
     app = ev.app()
     state = app.events.State()
