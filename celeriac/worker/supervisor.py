@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("celeriac.worker")
 _ctx = multiprocessing.get_context("fork")
+# Blocked while a child is forked, unblocked by the child once its own handlers are in: a
+# shutdown signal in between would otherwise run the parent's handler, inherited by the fork,
+# in the child (which then stops its copy of the pool, never itself: the warm shutdown hangs).
+_SHUTDOWN_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT}
 
 
 @dataclass
@@ -76,6 +80,7 @@ def child_main(app: Celery, index: int, queues: Sequence[str], consumer_id: str,
         loop.consumer.control = control
         install_child_handlers(slot, loop)
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)  # a pending one lands on our handlers
     if redirect:
         from .logs import redirect_stdouts
         redirect_stdouts(app)
@@ -133,7 +138,11 @@ class Supervisor:
                                   1.0 / max(self.autoscale[0] if self.autoscale else self.concurrency, 1),
                                   self.control),
                             kwargs={"max_memory": self.max_memory}, daemon=False)
-        proc.start()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _SHUTDOWN_SIGNALS)
+        try:
+            proc.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.children[index] = Child(index, proc, consumer_id, slot, time.monotonic())
         if self.warm:  # stop() ran (a signal handler) while this one was forked: it missed it
             os.kill(proc.pid, signal.SIGKILL if self.cold else signal.SIGTERM)
