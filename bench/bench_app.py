@@ -13,6 +13,8 @@ if prefix:
     app.conf.broker_transport_options = {"global_keyprefix": prefix}
     app.conf.result_backend_transport_options = {"global_keyprefix": prefix}
 app.conf.worker_prefetch_multiplier = int(os.environ.get("BENCH_PREFETCH", "4"))
+if os.environ.get("BENCH_EVENTS"):  # task events on (the worker's -E)
+    app.conf.worker_send_task_events = True
 
 
 @app.task
