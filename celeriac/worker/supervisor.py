@@ -144,7 +144,7 @@ class Supervisor:
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         self.children[index] = Child(index, proc, consumer_id, slot, time.monotonic())
-        if self.warm:  # stop() ran (a signal handler) while this one was forked: it missed it
+        if self.warm and proc.pid is not None:  # stop() ran (a signal handler) while this one was forked
             os.kill(proc.pid, signal.SIGKILL if self.cold else signal.SIGTERM)
 
     def start(self) -> None:
