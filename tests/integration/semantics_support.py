@@ -1,20 +1,26 @@
 """The app module and helpers shared by tests/integration/test_task_semantics_*.py.
 
-Every test writes ``semapp.py`` into its own ``tmp_path`` (a fresh SQLite file per
-test) and runs real workers on it with ``celeriac -A semapp worker``.  Receivers
+Every test writes ``semapp.py`` into its own ``tmp_path`` and runs real workers on it
+with ``celeriac -A semapp worker``, once per broker in ``BROKER_KINDS`` (the ``sem``
+fixture's parameter): a fresh SQLite file, or Redis (broker and result backend) under a
+key prefix of its own, deleted afterwards (``broker.json`` tells the app which).  Receivers
 and hooks in the app append one line per event to ``events.txt``, which the tests
 read back.  ``SEM_CONF`` (JSON) adds settings to the app for one test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import WorkerProcess, wait_for, write
 
 from celeriac import Celery
@@ -29,8 +35,12 @@ from celeriac.utils.log import get_task_logger
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EVENTS = os.path.join(HERE, "events.txt")
-app = Celery("semapp", broker="sqlite:///" + os.path.join(HERE, "sem.db"))
-app.conf.broker_transport_options = {"lease_seconds": float(os.environ.get("SEM_LEASE", "30"))}
+with open(os.path.join(HERE, "broker.json")) as _f:
+    BROKER = json.load(_f)  # written by the test: {"url", "backend", "options"}
+app = Celery("semapp", broker=BROKER["url"] or "sqlite:///" + os.path.join(HERE, "sem.db"),
+             backend=BROKER["backend"])
+app.conf.broker_transport_options = dict(BROKER["options"], lease_seconds=float(os.environ.get("SEM_LEASE", "30")))
+app.conf.result_backend_transport_options = dict(BROKER["options"])
 app.conf.update(json.loads(os.environ.get("SEM_CONF", "{}")))
 logger = get_task_logger(__name__)
 
@@ -441,13 +451,19 @@ if os.environ.get("SEM_SETUP_LOGGING"):
 
 
 class Sem:
-    """One test's project: the app file, a client app on the same SQLite file, the events."""
+    """One test's project: the app file, a client app on the same broker, the events."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, kind: str = "sqlite") -> None:
         self.path = tmp_path
-        write(tmp_path / "semapp.py", APP)
+        self.kind = kind
         self.db = tmp_path / "sem.db"
-        self.client = Celery("semapp-client", broker=f"sqlite:///{self.db}", set_as_current=False)
+        self.broker = redis_broker_settings() if kind == "redis" else {"url": None, "backend": None, "options": {}}
+        write(tmp_path / "broker.json", json.dumps(self.broker))
+        write(tmp_path / "semapp.py", APP)
+        self.client = Celery("semapp-client", broker=self.broker["url"] or f"sqlite:///{self.db}",
+                             backend=self.broker["backend"], set_as_current=False)
+        self.client.conf.broker_transport_options = dict(self.broker["options"])
+        self.client.conf.result_backend_transport_options = dict(self.broker["options"])
         self.workers: list[WorkerProcess] = []
 
     def worker(self, *args: str, conf: dict[str, Any] | None = None, lease: float | None = None,
@@ -481,11 +497,78 @@ class Sem:
             except Exception:
                 w.kill_all()
         self.client.close()
+        if self.kind == "redis":
+            delete_redis_keys(self.broker["options"]["global_keyprefix"])
+
+    # -- what the broker holds, read from its own store ----------------------------
+    def delayed_due(self, queue: str = "celery") -> list[float]:
+        """When each delayed (countdown/ETA/retry) message of ``queue`` is due."""
+        if self.kind == "redis":
+            key = self.broker["options"]["global_keyprefix"] + "celeriac.delayed." + queue
+            with redis_client() as r:
+                return [score for _, score in r.zrange(key, 0, -1, withscores=True)]
+        with sqlite3.connect(self.db) as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT not_before FROM celeriac_messages WHERE state = 2 AND queue = ?", (queue,))]
+
+    def queued_headers(self, queue: str = "celery") -> list[dict[str, Any]]:
+        """The headers of every message waiting (ready) in ``queue``."""
+        if self.kind == "redis":
+            b = self.client.broker
+            with redis_client() as r:
+                raws = [raw for step in b.steps for raw in r.lrange(b.queue_key(queue, step), 0, -1)]
+            return [json.loads(raw)["headers"] for raw in raws]
+        with sqlite3.connect(self.db) as conn:
+            return [json.loads(p)["headers"] for (p,) in conn.execute(
+                "SELECT payload FROM celeriac_messages WHERE queue = ?", (queue,))]
+
+    def result_stored(self, task_id: str) -> bool:
+        """Whether the backend still holds a row/key for ``task_id`` (expired or not)."""
+        if self.kind == "redis":
+            with redis_client() as r:
+                return bool(r.exists(self.client.backend.key_for(task_id)))
+        with sqlite3.connect(self.db) as conn:
+            return bool(conn.execute("SELECT COUNT(*) FROM celeriac_results WHERE task_id = ?",
+                                     (task_id,)).fetchone()[0])
 
 
-def open_sem(tmp_path: Path) -> Iterator[Sem]:
-    """The body of each test module's ``sem`` fixture."""
-    project = Sem(tmp_path)
+# -- Redis ---------------------------------------------------------------------------------
+BROKER_KINDS = ["sqlite", "redis"]
+REDIS_URL = os.environ.get("CELERIAC_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@contextlib.contextmanager
+def redis_client() -> Iterator[Any]:
+    import redis
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=5)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def redis_broker_settings() -> dict[str, Any]:
+    """A broker.json for Redis: broker and results on REDIS_URL under a fresh key prefix."""
+    import redis
+    try:
+        with redis_client() as r:
+            r.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    prefix = f"sem{uuid.uuid4().hex[:10]}:"
+    return {"url": REDIS_URL, "backend": REDIS_URL, "options": {"global_keyprefix": prefix}}
+
+
+def delete_redis_keys(prefix: str) -> None:
+    with redis_client() as r:
+        keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+        for i in range(0, len(keys), 1000):
+            r.delete(*keys[i:i + 1000])
+
+
+def open_sem(tmp_path: Path, kind: str = "sqlite") -> Iterator[Sem]:
+    """The body of each test module's ``sem`` fixture (``kind``: one of BROKER_KINDS)."""
+    project = Sem(tmp_path, kind)
     yield project
     project.close()
 

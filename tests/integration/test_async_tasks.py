@@ -1,6 +1,6 @@
 """``async def`` tasks: the asyncio pool, coroutines inside prefork/threads/solo, time limits,
 retries, terminate, shutdowns, and the awaitable client calls.  Real worker processes on the
-embedded SQLite broker."""
+embedded SQLite broker and on Redis (broker and results, under a key prefix per test)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from semantics_support import BROKER_KINDS, delete_redis_keys, redis_broker_settings
 from support import WorkerProcess, wait_for, write
 
 from celeriac import Celery
@@ -20,7 +21,9 @@ APP = """
 import asyncio, os, time
 from celeriac import Celery
 from celeriac.exceptions import SoftTimeLimitExceeded
-app = Celery('aioapp', broker='sqlite:///{db}')
+app = Celery('aioapp', broker={broker!r}, backend={backend!r})
+app.conf.broker_transport_options = {options!r}
+app.conf.result_backend_transport_options = {options!r}
 
 @app.task
 async def nap(x, seconds=0.01):
@@ -108,13 +111,21 @@ async def long_late(self, seconds, marker):
 """
 
 
-@pytest.fixture
-def env(tmp_path: Path):
-    db = tmp_path / "a.db"
-    write(tmp_path / "aioapp.py", APP.format(db=db))
-    client = Celery("aioapp", broker=f"sqlite:///{db}", set_as_current=False)
+@pytest.fixture(params=BROKER_KINDS)
+def env(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "redis":
+        settings = redis_broker_settings()
+    else:
+        settings = {"url": f"sqlite:///{tmp_path / 'a.db'}", "backend": None, "options": {}}
+    write(tmp_path / "aioapp.py", APP.format(broker=settings["url"], backend=settings["backend"],
+                                             options=settings["options"]))
+    client = Celery("aioapp", broker=settings["url"], backend=settings["backend"], set_as_current=False)
+    client.conf.broker_transport_options = dict(settings["options"])
+    client.conf.result_backend_transport_options = dict(settings["options"])
     yield tmp_path, client
     client.close()
+    if request.param == "redis":
+        delete_redis_keys(settings["options"]["global_keyprefix"])
 
 
 def send(client: Celery, name: str, *args, **options):
@@ -298,7 +309,10 @@ def test_terminate_cancels_a_running_coroutine(env):
     from celeriac.worker.aio import AsyncWorkLoop
 
     tmp_path, client = env
-    worker_app = Celery("aioapp", broker=client.broker_url, set_as_current=False)
+    worker_app = Celery("aioapp", broker=client.broker_url, backend=client.conf.result_backend,
+                        set_as_current=False)
+    worker_app.conf.broker_transport_options = client.conf.broker_transport_options
+    worker_app.conf.result_backend_transport_options = client.conf.result_backend_transport_options
 
     @worker_app.task(name="aioapp.sleeper")
     async def sleeper(seconds):

@@ -9,16 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from semantics_support import Sem, alive, children_of, open_sem
+from semantics_support import BROKER_KINDS, Sem, alive, children_of, open_sem
 from support import wait_for
 
 from celeriac.exceptions import WorkerLostError
 from celeriac.result import ResultSet
 
 
-@pytest.fixture
-def sem(tmp_path: Path) -> Iterator[Sem]:
-    yield from open_sem(tmp_path)
+@pytest.fixture(params=BROKER_KINDS)
+def sem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path, request.param)
 
 
 def test_child_killed_mid_task_reruns_an_acks_late_task(sem: Sem):
@@ -88,7 +88,7 @@ def test_fair_prefetch_one_long_task_does_not_hold_short_ones(sem: Sem):
     sem.wait_events("start", 1)
     shorts = [sem.send("sleeper", 0.1, f"s{i}") for i in range(8)]
     samples = _leased_samples(sem, lambda: all(r.ready() for r in shorts))
-    assert max(samples) <= 2  # each busy process holds at most its running task
+    assert 1 <= max(samples) <= 2  # each busy process holds at most its running task
     assert not long.ready()  # every short task finished while the long one ran
     long.get(timeout=30)
     ends = {e[1]: float(e[3]) for e in sem.events("end")}
@@ -99,7 +99,7 @@ def test_prefetch_multiplier_setting(sem: Sem):
     sem.worker("-c", "1", conf={"worker_prefetch_multiplier": 1})
     results = [sem.send("sleeper", 0.2) for _ in range(5)]
     samples = _leased_samples(sem, lambda: all(r.ready() for r in results))
-    assert max(samples) <= 1
+    assert max(samples) == 1  # the running task's lease, and nothing reserved beside it
 
 
 def test_max_tasks_per_child_recycles_without_losing_tasks(sem: Sem):

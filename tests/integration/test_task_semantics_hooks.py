@@ -8,15 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from semantics_support import Sem, open_sem
+from semantics_support import BROKER_KINDS, Sem, open_sem
 from support import env_for, wait_for
 
 from celeriac.protocol.message import build_task_message
 
 
-@pytest.fixture
-def sem(tmp_path: Path) -> Iterator[Sem]:
-    yield from open_sem(tmp_path)
+@pytest.fixture(params=BROKER_KINDS)
+def sem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path, request.param)
 
 
 def test_task_method_hooks(sem: Sem):

@@ -6,14 +6,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from semantics_support import Sem, elapsed, open_sem
+from semantics_support import BROKER_KINDS, Sem, elapsed, open_sem
 
 from celeriac.result import ResultSet
 
 
-@pytest.fixture
-def sem(tmp_path: Path) -> Iterator[Sem]:
-    yield from open_sem(tmp_path)
+@pytest.fixture(params=BROKER_KINDS)
+def sem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path, request.param)
 
 
 def _run(sem: Sem, name: str, n: int) -> tuple[float, list[float]]:

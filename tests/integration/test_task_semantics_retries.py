@@ -1,27 +1,21 @@
-"""Retries with real worker processes on the embedded SQLite broker."""
+"""Retries with real worker processes on the embedded SQLite broker and on Redis."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from semantics_support import Sem, open_sem
+from semantics_support import BROKER_KINDS, Sem, open_sem
 from support import wait_for
 
 from celeriac.exceptions import MaxRetriesExceededError
 
 
-@pytest.fixture
-def sem(tmp_path: Path) -> Iterator[Sem]:
-    yield from open_sem(tmp_path)
-
-
-def _not_before(sem: Sem) -> list[float]:
-    with sqlite3.connect(sem.db) as conn:
-        return [r[0] for r in conn.execute("SELECT not_before FROM celeriac_messages WHERE state = 2")]
+@pytest.fixture(params=BROKER_KINDS)
+def sem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path, request.param)
 
 
 def test_seed_003_unreliable_task_waits_in_the_broker(sem: Sem):
@@ -31,7 +25,7 @@ def test_seed_003_unreliable_task_waits_in_the_broker(sem: Sem):
     res = sem.send("unreliable_task", 1, 60)
     wait_for(lambda: res.state == "RETRY", 20, message="RETRY state")
     assert isinstance(res.info, ConnectionError) and "service down" in str(res.info)
-    [due] = wait_for(lambda: _not_before(sem), 10, message="a delayed message")
+    [due] = wait_for(sem.delayed_due, 10, message="a delayed message")
     assert 50 < due - time.time() <= 61
     stats = sem.client.broker.stats("celery")
     assert (stats.delayed, stats.ready, stats.leased) == (1, 0, 0)

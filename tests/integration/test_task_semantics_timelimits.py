@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from semantics_support import Sem, alive, children_of, open_sem
+from semantics_support import BROKER_KINDS, Sem, alive, children_of, open_sem
 from support import run_cli, wait_for
 
 from celeriac.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 
 
-@pytest.fixture
-def sem(tmp_path: Path) -> Iterator[Sem]:
-    yield from open_sem(tmp_path)
+@pytest.fixture(params=BROKER_KINDS)
+def sem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sem]:
+    yield from open_sem(tmp_path, request.param)
 
 
 def test_hard_limit_kills_and_replaces_the_process(sem: Sem):
@@ -46,9 +44,7 @@ def test_soft_limit_is_raised_inside_the_task(sem: Sem):
 def test_per_call_limits_travel_in_the_timelimit_header(sem: Sem):
     soft = sem.send("sleeper", 5, "soft", soft_time_limit=0.5)
     hard = sem.send("stubborn", 30, time_limit=1.5, soft_time_limit=0.5)
-    with sqlite3.connect(sem.db) as conn:
-        headers = {json.loads(p)["headers"]["id"]: json.loads(p)["headers"]["timelimit"]
-                   for (p,) in conn.execute("SELECT payload FROM celeriac_messages")}
+    headers = {h["id"]: h["timelimit"] for h in sem.queued_headers()}
     assert headers == {soft.id: [None, 0.5], hard.id: [1.5, 0.5]}
     sem.worker("-c", "2")
     assert isinstance(soft.get(timeout=30, propagate=False), SoftTimeLimitExceeded)
@@ -74,6 +70,7 @@ def test_worker_wide_limits_from_settings(sem: Sem):
     assert isinstance(sem.send("sleeper", 5).get(timeout=30, propagate=False), SoftTimeLimitExceeded)
 
 
+@pytest.mark.parametrize("sem", ["sqlite"], indirect=True)  # no broker involved
 def test_cli_rejects_a_soft_limit_above_the_hard_one(sem: Sem):
     out = run_cli(sem.path, "-A", "semapp", "worker", "--time-limit", "1", "--soft-time-limit", "2",
                   timeout=60)
