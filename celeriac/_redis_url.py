@@ -254,3 +254,7 @@ def map_errors(what: str, on_connection_error: Callable[[], None] | None = None)
                 exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
             on_connection_error()
         raise OperationalError(f"{what}: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:  # a socket closed under a reader (e.g. close() from another thread)
+        if on_connection_error is not None:
+            on_connection_error()
+        raise OperationalError(f"{what}: connection lost: {exc}") from exc

@@ -186,8 +186,12 @@ class _Listener:
                 self.outbox.append(("SUBSCRIBE", new[i:i + BATCH], req))
             self._start()
         if not self._send_now():
-            with map_errors(f"Redis result backend at {self.where}"):
-                self.client.publish(self.wake, b"")
+            try:
+                with map_errors(f"Redis result backend at {self.where}"):
+                    self.client.publish(self.wake, b"")
+            except OperationalError:  # connection closed under us: a PUBLISH is safe to repeat
+                with map_errors(f"Redis result backend at {self.where}"):
+                    self.client.publish(self.wake, b"")
         if not req.event.wait(SUBSCRIBE_TIMEOUT):
             self.unsubscribe(box, channels)
             raise OperationalError(f"Redis result backend at {self.where}: no SUBSCRIBE confirmation "
@@ -467,6 +471,14 @@ class RedisBackend(ResultBackend):
         return args
 
     def _get_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
+        """Reads are idempotent: a connection lost mid-read (another thread closed the
+        backend, a server restart) is retried once on a fresh connection."""
+        try:
+            return self._read_many(task_ids)
+        except OperationalError:
+            return self._read_many(task_ids)
+
+    def _read_many(self, task_ids: Sequence[str]) -> dict[str, bytes]:
         ids = list(task_ids)
         if not ids:
             return {}
