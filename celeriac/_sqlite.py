@@ -65,6 +65,7 @@ class SQLiteDB:
             conn.execute("PRAGMA busy_timeout=0")
             self._retry(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA wal_autocheckpoint=8000")
             conn.execute("PRAGMA temp_store=MEMORY")
         except sqlite3.Error as exc:
             raise OperationalError(f"Cannot open SQLite database {self.path}: {exc}") from exc

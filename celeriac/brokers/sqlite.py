@@ -154,7 +154,7 @@ class SQLiteBroker(SQLiteControlMixin, Broker):
             if woken and time.monotonic() - self._last_lease < 0.05:
                 # Under load, let a few more arrive: fewer, larger leases, and rings sent
                 # meanwhile wake nobody.  An idle consumer (no lease for 50 ms) leases at once.
-                time.sleep(0.001)
+                time.sleep(0.002)
             rows = self._lease(queues, max_count, consumer_id, settle) if max_count > 0 else []
             if settle is not None and hasattr(settle, "committed"):
                 settle.committed()
