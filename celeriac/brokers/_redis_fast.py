@@ -17,6 +17,7 @@ finds it busy (another thread) gets ``None`` and uses the pool as before.
 
 from __future__ import annotations
 
+import itertools
 import select
 import socket
 import threading
@@ -59,6 +60,7 @@ def pack(*args: Any) -> bytes:
     return b"".join(out)
 
 
+_FORK_LOCK = threading.Lock()
 MULTI = pack("MULTI")
 EXEC = pack("EXEC")
 
@@ -70,16 +72,15 @@ class Tags:
     def __init__(self) -> None:
         self.pid = 0
         self.base = ""
-        self.count = 0
+        self.counter: Any = None
 
     def __call__(self) -> str:
         if self.pid != getpid():
             h = uuid.uuid4().hex
             self.base = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-"
-            self.count = int(h[20:], 16) & 0xFFFFFFFF
+            self.counter = itertools.count((int(h[20:], 16) & 0xFFFFFFFF) + 1)  # next(): atomic
             self.pid = getpid()
-        self.count += 1
-        return f"{self.base}{self.count:012x}"
+        return f"{self.base}{next(self.counter):012x}"
 
 
 class FastLane:
@@ -92,6 +93,15 @@ class FastLane:
         self.reader: Any = None
         self.poller: Any = None
         self.buf = bytearray(65536)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock of our own (the parent's may have been held when it
+        forked) and no connection (the parent's socket is the parent's)."""
+        with _FORK_LOCK:
+            if self.pid != getpid():
+                self.lock = threading.Lock()
+                self.conn = self.sock = self.reader = self.poller = None
+                self.pid = 0
 
     def _connection(self) -> Any:
         conn = self.conn
@@ -122,6 +132,8 @@ class FastLane:
     def call(self, packed: bytes, replies: int) -> list[Any] | None:
         """Send ``packed`` (``replies`` commands) and return the replies; None when the
         lane is busy.  Error replies raise (redis.ResponseError and subclasses)."""
+        if self.pid != getpid() and self.pid:
+            self._after_fork()
         if not self.lock.acquire(blocking=False):
             return None
         try:

@@ -48,6 +48,17 @@ abandoned more than ``visibility_timeout`` seconds ago (mixed fleets).
 ``visibility_timeout`` (Celery's option, default 3600) is also the lease length
 when ``lease_seconds`` is not given explicitly.
 
+Round trips on the hot path (issue 4): a ``delay()`` is one MULTI (LPUSH, doorbell, EXEC)
+written and read on the broker's fast lane (``_redis_fast.py``: one held connection,
+hand-packed commands).  A worker's batch is one call of ``redis_fetch.lua``, which first
+settles the previous batch: its results (when the result backend is this server and
+database; stored with ``redis_store.lua``'s rules, SET + PUBLISH) and then its acks, all in
+one atomic script, so a result is never acked before it is stored.  Behind the script, in
+the same write, goes ``BRPOP <own wake list> <doorbells>``: the script pushes a token on the
+wake list when it returned work (or a delayed message is due soon), so the BRPOP returns at
+once then, and otherwise sleeps until a producer rings.  With results on another server, a
+batch costs two round trips: the results' store, then the fetch that acks.
+
 Only celeriac consumers move due messages out of the delayed zsets.  When a queue
 is consumed by Celery workers alone, set the transport option ``eta_in_broker`` to
 False: ETA/countdown messages then go on the queue at once, eta in the headers,

@@ -293,3 +293,32 @@ def test_the_short_layout_is_the_json_layout(server: Server, prefix: str) -> Non
         custom.close()
     finally:
         b.close()
+
+
+def test_a_forked_child_gets_its_own_lane(server: Server) -> None:
+    """The parent's fast-lane lock may be held when it forks (another thread publishing):
+    the child must not inherit it, nor the parent's socket."""
+    import os
+    b: Any = broker_from_url(server.url())
+    try:
+        b.publish(env(1), "q")
+        b._lane.lock.acquire()          # as if a thread were inside call() at fork time
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                b.publish(env(2), "q")
+                ok = b._lane.conn is not None and b._lane.pid == os.getpid()
+                os.write(w, b"ok" if ok else b"no lane")
+            except BaseException as exc:
+                os.write(w, repr(exc).encode()[:200])
+            os._exit(0)
+        os.waitpid(pid, 0)
+        assert os.read(r, 300) == b"ok"
+        os.close(r)
+        os.close(w)
+        b._lane.lock.release()
+        b.publish(env(3), "q")
+        assert b.stats("q").ready == 3
+    finally:
+        b.close()
