@@ -77,9 +77,9 @@ from typing import Any
 
 import redis
 
+from .._redis_url import DEFAULT_SOCKET_TIMEOUT, connect, map_errors
 from ..exceptions import DecodeError
 from ..protocol.message import Envelope, from_kombu_json, to_kombu_json
-from ._redis_conn import DEFAULT_SOCKET_TIMEOUT, connect, map_errors
 from ._redis_fast import EXEC, MULTI, FastLane, Tags, pack
 from .base import (
     DEFAULT_LEASE_SECONDS,

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 import redis
 
+from celeriac._redis_url import parse_url
 from celeriac.brokers import PublishItem, broker_from_url
-from celeriac.brokers._redis_conn import parse_url
 from celeriac.brokers.redis import RedisBroker
 from celeriac.exceptions import ImproperlyConfigured, OperationalError
 from celeriac.protocol.message import build_task_message, decode_task_message
