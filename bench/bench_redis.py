@@ -18,16 +18,7 @@ import sys
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CELERY_VENV = os.environ.get("CELERIAC_CELERY_VENV") or os.path.join(os.path.dirname(HERE), ".venv-celery")
-
-
-def celery_python() -> str:
-    py = os.path.join(CELERY_VENV, "bin", "python")
-    if not os.path.exists(py):
-        print(f"creating {CELERY_VENV} with celery[redis] ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", CELERY_VENV], check=True)
-        subprocess.run([py, "-m", "pip", "install", "-q", "celery[redis]>=5.3"], check=True)
-    return py
+from celery_env import celery_python  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 
 def run(python: str, impl: str, url: str, n: int) -> dict[str, float]:

@@ -5,12 +5,10 @@ worker.  Celery comes from the shared virtualenv fixture in tests/conftest.py.""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from interop_support import import_as_celeriac
 from support import ROOT, WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -135,19 +134,7 @@ class CeleryWorker:
 
 @pytest.fixture
 def ours(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    for key, value in env.items():
-        if key.startswith("INTEROP_"):
-            monkeypatch.setenv(key, value)
-    monkeypatch.setenv("INTEROP_IMPL", "celeriac")
-    monkeypatch.syspath_prepend(str(COMPAT_DIR))
-    sys.modules.pop("canvas_interop_app", None)
-    module = importlib.import_module("canvas_interop_app")
-    yield module
-    module.app.close()
-    sys.modules.pop("canvas_interop_app", None)
-    from celeriac import _state
-    if _state._current_app is module.app:
-        _state._current_app = None
+    yield from import_as_celeriac("canvas_interop_app", env, monkeypatch)
 
 
 def test_celeriac_canvas_on_celery_worker(celery_venv: Path, env: dict[str, str], tmp_path: Path,

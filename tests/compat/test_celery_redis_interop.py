@@ -9,12 +9,10 @@ another one).  Both sides load ``interop_app.py`` — Celery's or ours by
 from __future__ import annotations
 
 import collections
-import importlib
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+from interop_support import import_as_celeriac
 from support import ROOT, WorkerProcess, wait_for
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -55,19 +54,7 @@ def interop(tmp_path: Path) -> Iterator[dict[str, str]]:
 @pytest.fixture
 def celeriac_app(interop: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
     """interop_app imported here, as celeriac, with this test's settings."""
-    for key, value in interop.items():
-        if key.startswith("INTEROP_"):
-            monkeypatch.setenv(key, value)
-    monkeypatch.setenv("INTEROP_IMPL", "celeriac")
-    monkeypatch.syspath_prepend(str(COMPAT_DIR))
-    sys.modules.pop("interop_app", None)
-    module = importlib.import_module("interop_app")
-    yield module
-    module.app.close()
-    sys.modules.pop("interop_app", None)
-    from celeriac import _state
-    if _state._current_app is module.app:
-        _state._current_app = None
+    yield from import_as_celeriac("interop_app", interop, monkeypatch)
 
 
 def celeriac_worker(tmp_path: Path, interop: dict[str, str], *args: str) -> WorkerProcess:
