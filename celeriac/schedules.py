@@ -23,6 +23,7 @@ Schedules persist as plain JSON-compatible dicts: ``s.to_dict()`` and
 
 from __future__ import annotations
 
+import abc
 import calendar
 import numbers
 import re
@@ -154,7 +155,7 @@ def _truncate(wall: datetime, delta: timedelta) -> datetime:
 # -- base ---------------------------------------------------------------------
 
 
-class BaseSchedule:
+class BaseSchedule(abc.ABC):
     """Shared clock, time-zone and ``is_due`` logic."""
 
     type_name = "base"
@@ -182,8 +183,9 @@ class BaseSchedule:
     def maybe_make_aware(self, dt: datetime) -> datetime:
         return _aware(dt)
 
+    @abc.abstractmethod
     def next_run_after(self, after: datetime) -> datetime:
-        raise NotImplementedError
+        """The first fire time strictly after ``after``."""
 
     def remaining_estimate(self, last_run_at: datetime) -> timedelta:
         """Time from now until the first run after ``last_run_at`` (negative when overdue)."""
@@ -200,8 +202,9 @@ class BaseSchedule:
             return schedstate(True, self._next_check_when_due(now))
         return schedstate(False, remaining)
 
+    @abc.abstractmethod
     def _state(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The schedule's own fields, for ``to_dict()``."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-compatible description; :func:`schedule_from_dict` rebuilds the schedule (not ``nowfun``)."""

@@ -185,10 +185,11 @@ class ResultBackend(abc.ABC):
         self._delete([group_key(group_id)])
 
     # -- chords (celery-wire 3.7: size key, join with dedupe, one claim on the body) --
+    @abc.abstractmethod
     def chord_set_size(self, group_id: str, size: int) -> None:
         """Record how many header results chord ``group_id`` waits for (before sending the header)."""
-        raise NotImplementedError(_NO_CHORDS.format(type(self).__name__))
 
+    @abc.abstractmethod
     def chord_join(self, group_id: str, task_id: str, group_index: int | None, state: str,
                    result: Any) -> ChordReady | None:
         """Count one finished header task, atomically and once per ``(task_id, group_index)``.
@@ -198,11 +199,10 @@ class ResultBackend(abc.ABC):
         the chord and won the claim on its body, ``None`` to every other caller.
         That caller sends the body, then calls ``chord_cleanup(group_id, ready.token)``.
         """
-        raise NotImplementedError(_NO_CHORDS.format(type(self).__name__))
 
+    @abc.abstractmethod
     def chord_cleanup(self, group_id: str, token: str) -> None:
         """Drop the chord's parts and mark it done, if ``token`` still holds the claim."""
-        raise NotImplementedError(_NO_CHORDS.format(type(self).__name__))
 
     def encode_chord_part(self, task_id: str, state: str, result: Any) -> bytes:
         """Celery's chord member: ``[1, task_id, state, result]`` in the result serializer."""
@@ -213,7 +213,6 @@ class ResultBackend(abc.ABC):
         return ChordPart(member[1], member[2], member[3])
 
 
-_NO_CHORDS = "The {} result backend cannot join chords; use a redis://, sqlite:/// or memory:// backend"
 
 
 def group_key(group_id: str) -> str:
@@ -243,4 +242,14 @@ class DisabledBackend(ResultBackend):
         return None
 
     def _wait(self, task_ids: Sequence[str], timeout: float) -> None:
+        self._fail()
+
+    def chord_set_size(self, group_id: str, size: int) -> None:
+        self._fail()
+
+    def chord_join(self, group_id: str, task_id: str, group_index: int | None, state: str,
+                   result: Any) -> ChordReady | None:
+        return self._fail()  # type: ignore[no-any-return]
+
+    def chord_cleanup(self, group_id: str, token: str) -> None:
         self._fail()

@@ -26,7 +26,7 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .base import Subscription
 
@@ -164,14 +164,12 @@ class RedisPidboxMixin:
     _conn: Any
     _pidbox_clock = 0
 
-    def _k(self, name: str) -> str:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by RedisBroker
+        def _k(self, name: str) -> str: ...
 
-    def _errors(self) -> Any:
-        raise NotImplementedError
+        def _errors(self) -> Any: ...
 
-    def queue_key(self, queue: str, step: int = 0) -> str:
-        raise NotImplementedError
+        def queue_key(self, queue: str, step: int = 0) -> str: ...
 
     def _fanout_channel(self, exchange: str, routing_key: str = "") -> str:
         fanout = self.options.get("fanout_prefix", True)

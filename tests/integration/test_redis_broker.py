@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import _unavailable
 
 from celeriac._redis_url import parse_url
 from celeriac.brokers import PublishItem, broker_from_url
@@ -135,7 +136,7 @@ class PrivateRedis:
 @pytest.fixture
 def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        _unavailable("redis-server is not installed")
     server = PrivateRedis(tmp_path)
     server.start()
     yield server
@@ -537,7 +538,7 @@ def test_unix_socket_urls(private_redis, scheme):
 @pytest.mark.redis
 def test_rediss_with_broker_use_ssl(tmp_path):
     if shutil.which("redis-server") is None or shutil.which("openssl") is None:
-        pytest.skip("needs redis-server and openssl")
+        _unavailable("needs redis-server and openssl")
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
                     "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",

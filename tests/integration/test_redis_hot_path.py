@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import _unavailable
 
 from celeriac import Celery
 from celeriac.backends import backend_from_url
@@ -69,7 +70,7 @@ class Server:
 @pytest.fixture
 def server() -> Iterator[Server]:
     if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
+        _unavailable("redis-server is not installed")
     s = Server()
     yield s
     s.kill()
