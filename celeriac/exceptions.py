@@ -8,6 +8,7 @@
     │   ├── OperationalError             broker or backend unreachable
     │   ├── SecurityError                refused content type, non-exception in result
     │   ├── DecodeError                  a message that cannot be decoded
+    │   ├── BackendDisabled              no result backend configured (also NotImplementedError)
     │   ├── NotRegistered (KeyError)     unknown task name
     │   ├── AlreadyRegistered
     │   ├── TimeoutError                 AsyncResult.get() timed out
@@ -53,6 +54,10 @@ class SecurityError(CeleryError):
 
 class ContentDisallowed(SecurityError):
     """A message used a serializer that is not in ``accept_content``."""
+
+
+class BackendDisabled(NotImplementedError, CeleryError):
+    """No result backend is configured (a NotImplementedError, as Celery raises)."""
 
 
 class DecodeError(CeleryError):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import states
-from ..exceptions import TimeoutError
+from ..exceptions import BackendDisabled, TimeoutError
 from ..protocol import codecs
 
 DEFAULT_EXPIRES = 86400.0
@@ -228,7 +228,7 @@ class DisabledBackend(ResultBackend):
     """No result backend configured: storing is a no-op, reading explains what to set."""
 
     def _fail(self) -> Any:
-        raise NotImplementedError(
+        raise BackendDisabled(
             "No result backend is configured. Set result_backend (e.g. 'redis://localhost:6379/0' "
             "or 'sqlite:///celeriac.db') to read task results.")
 

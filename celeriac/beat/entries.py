@@ -138,7 +138,7 @@ def normalize_schedule(value: Any, relative: bool = False, tz: tzinfo | str | No
         if copy.tz is None and tz is not None:
             copy.tz = tz
         copy.to_dict()  # the zone must be nameable to be stored
-    except NotImplementedError:
+    except AttributeError:  # not one of our schedule types: it has no to_dict()
         raise ImproperlyConfigured(
             f"{where}: {type(value).__name__} cannot be stored; use schedule(), crontab() or solar()"
         ) from None

@@ -34,6 +34,7 @@ from .. import _state, signals, states
 from ..brokers.base import Delivery
 from ..events.dispatcher import task_events
 from ..exceptions import (
+    BackendDisabled,
     OperationalError,
     SoftTimeLimitExceeded,
     TaskRevokedError,
@@ -554,7 +555,7 @@ class AsyncWorkLoop:
         backend = self.app.backend
         try:
             backend.store_metas(metas)
-        except NotImplementedError:
+        except BackendDisabled:
             pass  # no result backend configured
         except OperationalError:
             raise

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
 from ..brokers.base import Delivery
-from ..exceptions import ContentDisallowed, DecodeError, InvalidTaskError, NotRegistered, TaskRevokedError
+from ..exceptions import (
+    BackendDisabled,
+    ContentDisallowed,
+    DecodeError,
+    InvalidTaskError,
+    NotRegistered,
+    TaskRevokedError,
+)
 from ..protocol import codecs
 from ..protocol.message import TaskMessage, decode_task_message
 from ..protocol.results import exception_to_dict, make_meta
@@ -147,7 +154,7 @@ class Consumer:
     def _store(self, metas: list[dict[str, Any]]) -> None:
         try:
             self.app.backend.store_metas(metas)
-        except NotImplementedError:
+        except BackendDisabled:
             pass  # no result backend configured
         except Exception as exc:
             logger.error("Could not store results: %r", exc)

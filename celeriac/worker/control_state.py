@@ -27,7 +27,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
-from ..exceptions import TaskRevokedError
+from ..exceptions import BackendDisabled, TaskRevokedError
 from ..protocol.results import exception_to_dict, make_meta
 from .canvas_mw import finished_without_running
 
@@ -133,7 +133,7 @@ def record_terminated(app: Celery, delivery: Delivery, running: tuple[Any, ...],
     try:
         app.backend.store_meta(make_meta(task_id, states.REVOKED,
                                          exception_to_dict(TaskRevokedError("terminated")), None, ready=True))
-    except NotImplementedError:
+    except BackendDisabled:
         pass
     except Exception as exc:
         logger.error("Could not store the REVOKED state of %s: %r", task_id, exc)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from .. import states
 from ..brokers.base import Delivery
 from ..events.dispatcher import task_events
-from ..exceptions import OperationalError, SoftTimeLimitExceeded, TimeLimitExceeded
+from ..exceptions import BackendDisabled, OperationalError, SoftTimeLimitExceeded, TimeLimitExceeded
 from .canvas_mw import finished_without_running
 from .consumer import Consumer
 from .execute import ExecContext, build_chain, context_from_message, middleware_for
@@ -214,7 +214,7 @@ class WorkLoop:
     def _store_first(self, metas: list[dict[str, Any]]) -> None:
         try:
             self.app.backend.store_metas(metas)
-        except NotImplementedError:
+        except BackendDisabled:
             pass  # no result backend configured
         metas.clear()
 
@@ -242,7 +242,7 @@ class WorkLoop:
                     self.app.broker.requeue(requeues)
                     requeues.clear()
                 return
-            except NotImplementedError:
+            except BackendDisabled:
                 metas.clear()  # no result backend configured
             except OperationalError as exc:
                 if self.stop_event.is_set() and not self._cold():

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import signals, states
 from ..events.dispatcher import task_events
-from ..exceptions import TimeLimitExceeded, WorkerLostError
+from ..exceptions import BackendDisabled, TimeLimitExceeded, WorkerLostError
 from ..protocol.results import exception_to_dict, make_meta
 from .canvas_mw import finished_without_running
 from .control_state import ControlState, install_child_handlers, record_terminated
@@ -254,7 +254,7 @@ class Supervisor:
                 task_events(self.app, self.hostname).failed(tid, repr(exc))
                 try:
                     backend.store_meta(make_meta(tid, states.FAILURE, exception_to_dict(exc), None, ready=True))
-                except NotImplementedError:
+                except BackendDisabled:
                     pass
                 finished_without_running(self.app, d.envelope, states.FAILURE, exc)
                 if child.killed_for_limit and running[4] and not self._ack_on_timeout(task):

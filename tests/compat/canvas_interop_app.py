@@ -4,37 +4,17 @@ backend), ``INTEROP_PREFIX`` (global_keyprefix), ``INTEROP_QUEUE``."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-IMPL = os.environ.get("INTEROP_IMPL", "celeriac")
-BROKER = os.environ.get("INTEROP_BROKER", "redis://127.0.0.1:6379/0")
-PREFIX = os.environ.get("INTEROP_PREFIX", "interop:")
-QUEUE = os.environ.get("INTEROP_QUEUE", "celery")
+from interop_base import BROKER, IMPL, PREFIX, QUEUE, make_app, redis_client  # noqa: F401
+
 RUNS_KEY = PREFIX + "canvas.runs"
 
-if IMPL == "celery":
-    from celery import Celery
-else:
-    from celeriac import Celery  # type: ignore[assignment]
-
-app = Celery("canvas_interop_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    broker_transport_options={"global_keyprefix": PREFIX},
-    result_backend_transport_options={"global_keyprefix": PREFIX},
-    task_default_queue=QUEUE,
-    broker_connection_retry_on_startup=True,
-    worker_prefetch_multiplier=1,
-)
-_redis: Any = None
+app = make_app("canvas_interop_app")
 
 
 def _note(*parts: Any) -> None:
-    global _redis
-    if _redis is None:
-        import redis
-        _redis = redis.Redis.from_url(BROKER)
-    _redis.rpush(RUNS_KEY, " ".join(str(p) for p in parts))
+    redis_client().rpush(RUNS_KEY, " ".join(str(p) for p in parts))
 
 
 @app.task(name="ci.add")

@@ -8,39 +8,18 @@ Environment: ``INTEROP_BROKER`` (Redis URL, also the result backend), ``INTEROP_
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
-IMPL = os.environ.get("INTEROP_IMPL", "celeriac")
-BROKER = os.environ.get("INTEROP_BROKER", "redis://127.0.0.1:6379/0")
-PREFIX = os.environ.get("INTEROP_PREFIX", "interop:")
-QUEUE = os.environ.get("INTEROP_QUEUE", "celery")
+from interop_base import BROKER, IMPL, PREFIX, QUEUE, make_app, redis_client  # noqa: F401
+
 RUNS_KEY = PREFIX + "interop.runs"
 
-if IMPL == "celery":
-    from celery import Celery
-else:
-    from celeriac import Celery  # type: ignore[assignment]
-
-app = Celery("interop_app", broker=BROKER, backend=BROKER)
-app.conf.update(
-    broker_transport_options={"global_keyprefix": PREFIX},
-    result_backend_transport_options={"global_keyprefix": PREFIX},
-    task_default_queue=QUEUE,
-    broker_connection_retry_on_startup=True,
-    worker_prefetch_multiplier=1,
-)
-
-_redis: Any = None
+app = make_app("interop_app")
 
 
 def _client() -> Any:
-    global _redis
-    if _redis is None:
-        import redis
-        _redis = redis.Redis.from_url(BROKER)
-    return _redis
+    return redis_client()
 
 
 @app.task(name="interop.add")

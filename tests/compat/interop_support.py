@@ -22,11 +22,13 @@ def import_as_celeriac(module_name: str, settings: dict[str, str],
             monkeypatch.setenv(key, value)
     monkeypatch.setenv("INTEROP_IMPL", "celeriac")
     monkeypatch.syspath_prepend(str(COMPAT_DIR))
-    sys.modules.pop(module_name, None)
+    for name in (module_name, "interop_base"):  # both read this test's settings at import
+        sys.modules.pop(name, None)
     module = importlib.import_module(module_name)
     yield module
     module.app.close()
-    sys.modules.pop(module_name, None)
+    for name in (module_name, "interop_base"):
+        sys.modules.pop(name, None)
     from celeriac import _state
     if _state._current_app is module.app:
         _state._current_app = None
