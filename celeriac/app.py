@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar, overload
 
 from . import _state, signals
-from ._fastid import uuid4
+from ._fastid import getpid, uuid4
 from .builtin_tasks import register_builtins
 from .config import Config
 from .exceptions import NotRegistered
@@ -475,6 +475,36 @@ class Celery:
                 and "time_limit" not in options:
             pass  # task-level limits are applied by the worker, not sent on the wire
         env, queue, not_before = self._message(name, args, kwargs, task_id, _task, opts)
+        return self._publish_built(name, env, queue, not_before, result_cls, add_to_parent)
+
+    def _send_plain(self, task: BaseTask[Any, Any], args: Any, kwargs: Any) -> Any:
+        """``delay(*args)`` with no options and no parent task: the message is the task's
+        previous plain message with new arguments and a new id (``argument_cloner``), as
+        long as the configuration, the task's options and the routes are those it was made
+        with.  None when that does not apply (send_task builds it in full)."""
+        if _state.current_task_request() is not None:
+            return None
+        name = task.name or ""
+        key = (self.conf._data(), task.queue, task.priority, task.expires, task.ignore_result, task.serializer,
+               getpid())
+        cache: dict[str, Any] = self.__dict__.setdefault("_plain_cache", {})
+        hit = cache.get(name)
+        if hit is not None and hit[1] is task and all(a is b or a == b for a, b in zip(hit[0], key, strict=True)):
+            clone, queue = hit[2], hit[3]
+            if clone is None:
+                return None
+            return self._publish_built(name, clone(args, kwargs), queue, None, None, True)
+        self._configure()
+        opts: dict[str, Any] = {}
+        env, queue, not_before = self._message(name, args, kwargs, None, task, opts)
+        clone = None
+        if not opts and not_before is None and task.expires is None:  # the route added no options
+            clone = self._bulk_cloner(env, opts)
+        cache[name] = (key, task, clone, queue)
+        return self._publish_built(name, env, queue, not_before, None, True)
+
+    def _publish_built(self, name: str, env: Any, queue: str, not_before: float | None,
+                       result_cls: Any, add_to_parent: bool) -> Any:
         task_id = env.headers["id"]
         if signals.before_task_publish.receivers:
             signals.before_task_publish.send(sender=name, body=None, exchange="", routing_key=queue,

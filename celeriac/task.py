@@ -178,6 +178,10 @@ class Task(Generic[P, R]):
             self._check_arguments(args or (), kwargs or {})
         if app.conf.task_always_eager:
             return self.apply(args, kwargs, task_id=task_id, link=link, link_error=link_error, **options)
+        if task_id is None and link is None and link_error is None and shadow is None and not options:
+            sent = app._send_plain(self, args, kwargs)  # delay(): a clone of the task's last message
+            if sent is not None:
+                return sent
         return app.send_task(self.name or "", args, kwargs, task_id=task_id, link=link,
                              link_error=link_error, shadow=shadow, _task=self, **options)
 

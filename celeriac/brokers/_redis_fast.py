@@ -13,15 +13,31 @@ replies can never be taken for the next call's.
 
 One connection per broker object and process, used under a lock; a caller that
 finds it busy (another thread) gets ``None`` and uses the pool as before.
+
+Publishes are pipelined (``FastLane.send``): the command is written to the socket
+and its reply is read later, in bulk — before any other command on the lane, when
+``WINDOW`` commands are unread, at ``close()`` and at interpreter exit.  A written
+command is in the kernel's buffer towards Redis (delivered even if this process is
+killed next); what is not known yet is Redis's verdict.  So each unconfirmed command
+is kept until its reply is read: a connection that breaks first gets every one of
+them sent again on a fresh connection (as a synchronous publish retried by its
+retry policy would; Redis may have run some already, so a message can at worst be
+queued twice, never lost), and an error reply raises ``PublishFailed`` naming the
+task ids, from the lane's next use (and is logged at exit).  A loopback round trip
+costs 60-120 µs of waiting here, the write alone under 10 µs.
 """
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import logging
 import select
 import socket
 import threading
 import uuid
+import weakref
+from collections import deque
 from typing import Any
 
 import redis
@@ -63,6 +79,46 @@ def pack(*args: Any) -> bytes:
 _FORK_LOCK = threading.Lock()
 MULTI = pack("MULTI")
 EXEC = pack("EXEC")
+WINDOW = 64                 # unconfirmed commands a lane holds before it reads their replies
+WINDOW_BYTES = 1 << 20      # ... or bytes of them
+logger = logging.getLogger("celeriac.broker")
+_LANES: weakref.WeakSet[FastLane] = weakref.WeakSet()
+
+
+class PublishFailed(redis.exceptions.ResponseError):
+    """Redis refused pipelined publishes (an error reply read after ``delay()`` returned)."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]]) -> None:
+        self.failures = failures
+        ids = ", ".join(label for label, _ in failures[:10])
+        more = f" and {len(failures) - 10} more" if len(failures) > 10 else ""
+        super().__init__(f"Redis did not store {len(failures)} published message(s) ({ids}{more}): "
+                         f"{failures[0][1]}")
+
+
+def _refusal(replies: list[Any]) -> BaseException | None:
+    """The error in one command's replies (for MULTI ... EXEC, also inside EXEC's array)."""
+    for r in replies:
+        if isinstance(r, Exception):
+            return r
+    last = replies[-1]
+    if isinstance(last, list):
+        for r in last:
+            if isinstance(r, Exception):
+                return r
+    elif last is None and len(replies) > 1:
+        return redis.exceptions.ResponseError("transaction aborted (EXEC returned nil)")
+    return None
+
+
+@atexit.register
+def _confirm_all() -> None:
+    """At exit, read what every lane still owes (a failure is logged: nobody is left to raise to)."""
+    for lane in list(_LANES):
+        try:
+            lane.confirm()
+        except Exception as exc:
+            logger.error("Pipelined publishes not confirmed at exit: %s", exc)
 
 
 class Tags:
@@ -93,6 +149,11 @@ class FastLane:
         self.reader: Any = None
         self.poller: Any = None
         self.buf = bytearray(65536)
+        # pipelined commands whose replies are unread: (packed, reply count, label)
+        self.pending: deque[tuple[bytes, int, str]] = deque()
+        self.pending_bytes = 0
+        self.partial: list[Any] = []  # replies read so far of the first pending command
+        _LANES.add(self)
 
     def _after_fork(self) -> None:
         """In a forked child: a lock of our own (the parent's may have been held when it
@@ -102,6 +163,9 @@ class FastLane:
                 self.lock = threading.Lock()
                 self.conn = self.sock = self.reader = self.poller = None
                 self.pid = 0
+                self.pending = deque()  # the parent's to confirm, on the parent's socket
+                self.pending_bytes = 0
+                self.partial = []
 
     def _connection(self) -> Any:
         conn = self.conn
@@ -113,6 +177,8 @@ class FastLane:
         if conn._sock is None:
             conn.connect()
             return conn
+        if self.pending and conn._sock is not None:
+            return conn  # replies are owed on this socket: readable is expected, not stale
         if self.sock is conn._sock and self.poller is not None:
             # our own reader holds no partial reply (every call reads to the end), so a
             # readable socket means EOF or junk: one poll(2), cheaper than can_read()
@@ -137,6 +203,8 @@ class FastLane:
         if not self.lock.acquire(blocking=False):
             return None
         try:
+            if self.pending:
+                self._confirm()
             conn = self._connection()
             if hiredis is not None:
                 return self._raw(conn, packed, replies)
@@ -162,14 +230,7 @@ class FastLane:
 
     def _raw(self, conn: Any, packed: bytes, replies: int) -> list[Any]:
         """Write and read the socket directly: one recv for all the replies, usually."""
-        sock = conn._sock
-        if sock is not self.sock:  # a new connection: a new reader (nothing half-read)
-            self.sock = sock
-            self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=False)
-            self.poller = None
-            if hasattr(select, "poll") and not hasattr(sock, "pending"):  # TLS may buffer: can_read()
-                self.poller = select.poll()
-                self.poller.register(sock, select.POLLIN | select.POLLPRI)
+        sock = self._socket(conn)
         reader, buf = self.reader, self.buf
         out: list[Any] = []
         try:
@@ -199,7 +260,150 @@ class FastLane:
                 raise reply     # every reply was read: the connection stays usable
         return out
 
+    # -- pipelined publishes --------------------------------------------------------
+    def send(self, packed: bytes, replies: int, label: str) -> bool:
+        """Write ``packed`` (``replies`` commands) and return without waiting for the replies;
+        False when the lane is busy (the caller then sends synchronously) or there is no
+        hiredis.  ``label`` names the command in errors (a task id).  Replies that have
+        arrived are read first (no waiting), so a refusal is raised here, by the next send."""
+        if hiredis is None:
+            return False
+        if self.pid != getpid() and self.pid:
+            self._after_fork()
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
+            conn = self._connection()
+            if self.pending:
+                if conn._sock is not self.sock:
+                    self._resend(conn)  # the owed replies were on a socket that is gone
+                elif self.poller is not None and self.poller.poll(0):
+                    self._settle_owed(conn, block=False)
+                    if not self.pending and self.poller.poll(0):  # EOF behind the last reply
+                        conn.disconnect()
+                        conn.connect()
+            sock = self._socket(conn)
+            self.pending.append((packed, replies, label))
+            self.pending_bytes += len(packed)
+            try:
+                sock.sendall(packed)
+            except OSError:
+                self._resend(conn)  # everything unconfirmed, this one included, on a new connection
+                return True
+            if len(self.pending) >= WINDOW or self.pending_bytes >= WINDOW_BYTES:
+                self._settle_owed(conn, block=True)
+            return True
+        finally:
+            self.lock.release()
+
+    def confirm(self) -> None:
+        """Wait for the replies of every pipelined command (raises ``PublishFailed``)."""
+        if self.pid != getpid() or not self.pending:
+            return
+        if not self.lock.acquire(timeout=5):
+            raise redis.exceptions.TimeoutError("the connection is busy: publishes left unconfirmed")
+        try:
+            if self.pending:
+                self._confirm()
+        finally:
+            self.lock.release()
+
+    def _socket(self, conn: Any) -> Any:
+        sock = conn._sock
+        if sock is not self.sock:  # a new connection: a new reader (nothing half-read)
+            self.sock = sock
+            self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=False)
+            self.partial = []
+            self.poller = None
+            if hasattr(select, "poll") and not hasattr(sock, "pending"):  # TLS may buffer: can_read()
+                self.poller = select.poll()
+                self.poller.register(sock, select.POLLIN | select.POLLPRI)
+        return sock
+
+    def _confirm(self) -> None:
+        """Under the lock: read every owed reply."""
+        conn = self.conn
+        if conn is None or conn._sock is None or conn._sock is not self.sock:
+            self._resend(conn)
+        else:
+            self._settle_owed(conn, block=True)
+
+    def _settle_owed(self, conn: Any, block: bool) -> None:
+        """Read owed replies (all of them, or with ``block=False`` those that have arrived),
+        confirming commands one by one; a broken connection sends the rest again."""
+        try:
+            failures = self._consume(self.sock, block)
+        except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            self._resend(conn)
+            return
+        if failures:
+            raise PublishFailed(failures)
+
+    def _consume(self, sock: Any, block: bool) -> list[tuple[str, BaseException]]:
+        reader, buf, pending = self.reader, self.buf, self.pending
+        failures: list[tuple[str, BaseException]] = []
+        while pending:
+            reply = reader.gets()
+            if reply is False:
+                if not block and not self.poller.poll(0):
+                    break
+                n = sock.recv_into(buf)
+                if not n:
+                    raise OSError("Connection closed by server.")
+                reader.feed(buf, 0, n)
+                continue
+            self.partial.append(reply)
+            packed, count, label = pending[0]
+            if len(self.partial) == count:
+                bad = _refusal(self.partial)
+                if bad is not None:
+                    failures.append((label, bad))
+                pending.popleft()
+                self.pending_bytes -= len(packed)
+                self.partial = []
+        return failures
+
+    def _resend(self, conn: Any) -> None:
+        """The connection broke with replies owed: send every unconfirmed command again on a
+        new connection and wait for their replies (raises if that fails too).  A command
+        whose replies were partly read may have run: it is sent again (at least once)."""
+        items = list(self.pending)
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.partial = []
+        self.sock = None
+        if conn is not None:
+            conn.disconnect()
+        try:
+            conn = self.conn = self.pool.get_connection() if conn is None else conn
+            if conn._sock is None:
+                conn.connect()
+            sock = self._socket(conn)
+            self.pending.extend(items)
+            self.pending_bytes = sum(len(p) for p, _, _ in items)
+            sock.sendall(b"".join(p for p, _, _ in items))
+            failures = self._consume(sock, block=True)
+        except BaseException as exc:
+            self.pending.clear()
+            self.pending_bytes = 0
+            self.partial = []
+            self.sock = None
+            if conn is not None:
+                conn.disconnect()
+            labels = ", ".join(label for _, _, label in items[:10])
+            raise redis.exceptions.ConnectionError(
+                f"Lost the connection to Redis with {len(items)} published message(s) unconfirmed "
+                f"({labels}), and could not send them again: {exc}") from exc
+        logger.warning("Connection to Redis lost with %d published message(s) unconfirmed: sent again",
+                       len(items))
+        if failures:
+            raise PublishFailed(failures)
+
     def close(self) -> None:
+        try:
+            self.confirm()
+        except Exception as exc:
+            logger.error("Pipelined publishes not confirmed at close: %s", exc)
         with self.lock:
             conn, self.conn = self.conn, None
             if conn is not None and self.pid == getpid():

@@ -117,6 +117,7 @@ KOMBU_VISIBILITY_TIMEOUT = 3600.0  # kombu's default
 DEFAULT_POLLING_INTERVAL = 0.25    # seconds between polls for messages from non-celeriac producers
 RECLAIM_INTERVAL = 1.0             # seconds between expired-lease sweeps per broker object
 MIN_BLOCK = 0.01                   # BRPOP rounds to milliseconds, and 0 would block forever
+COALESCE_SECONDS = 0.001           # a busy consumer's pause before a fetch (see fetch)
 
 _HERE = Path(__file__).parent
 _SCRIPTS = ("fetch", "heartbeat", "release", "requeue", "replay", "purge", "tokens", "bury")
@@ -179,6 +180,9 @@ class RedisBroker(RedisPidboxMixin, Broker):
         # Celery sends it, so Celery workers (which hold it themselves) can run it; ours
         # hand it back to the delayed zset.  Needed when no celeriac worker consumes the queue.
         self.eta_in_broker = str(opts.get("eta_in_broker", True)).lower() not in ("0", "false", "no", "off")
+        # True: every publish waits for Redis's reply; False (default): single publishes are
+        # pipelined, their replies read in bulk (the same guarantees, see _redis_fast.py)
+        self.confirm_publish = str(opts.get("confirm_publish", False)).lower() in ("1", "true", "yes", "on")
         self.unacked_key = self.prefix + str(opts.get("unacked_key") or UNACKED_KEY)
         self.unacked_index_key = self.prefix + str(opts.get("unacked_index_key") or UNACKED_INDEX_KEY)
         self._conn = connect(url, opts)
@@ -206,6 +210,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         self._declared = _DECLARED.setdefault((self.where, self.prefix), set())
         self._next_reclaim = 0.0
         self._rotation = 0
+        self._recent: dict[str, tuple[int, int]] = {}  # consumer -> (last batch size, fetches in a row with work)
         self._lane = FastLane(self.client)  # the hot path: one held connection, hand-packed commands
         self._tag = Tags()
         self._step_of = {p: self.step_for(p) for p in range(10)}
@@ -243,6 +248,12 @@ class RedisBroker(RedisPidboxMixin, Broker):
         return f"{step}|{len(queue.encode('utf-8'))}|{queue}{payload}"
 
     def _errors(self) -> Any:
+        """Error mapping for a command; pipelined publishes are confirmed first, so that
+        what a command on another connection sees includes them (read your writes)."""
+        lane = self.__dict__.get("_lane")
+        if lane is not None and lane.pending:
+            with map_errors(self.where, self._declared.clear):
+                lane.confirm()
         return map_errors(self.where, self._declared.clear)
 
     def _run(self, script: str, args: Sequence[Any]) -> Any:
@@ -279,8 +290,12 @@ class RedisBroker(RedisPidboxMixin, Broker):
     # -- producing ---------------------------------------------------------------
     def publish(self, envelope: Envelope, queue: str, *, not_before: float | None = None,
                 exchange: str = "") -> None:
-        """One message, one round trip: MULTI, LPUSH, ring the doorbell, EXEC, sent on the
-        fast lane.  When this returns the message is in Redis."""
+        """One message: MULTI, LPUSH, ring the doorbell, EXEC, written on the fast lane.
+
+        Pipelined by default: this returns once the command is written, and its reply is
+        read later (a refusal raises ``PublishFailed`` from the next use; a lost connection
+        sends the unconfirmed messages again).  With the transport option
+        ``confirm_publish=True`` it waits for Redis's reply (one round trip per call)."""
         if (not_before is not None and self.eta_in_broker and not_before > time.time()) \
                 or queue not in self._declared:
             self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
@@ -296,17 +311,20 @@ class RedisBroker(RedisPidboxMixin, Broker):
         body = to_kombu_json(envelope, exchange, queue, self._tag()).encode()
         packed = b"".join((MULTI, keys[0], b"$%d\r\n" % len(body), body, b"\r\n", keys[1]))
         try:
-            res = self._lane.call(packed, 5)
+            if self.confirm_publish:
+                res = self._lane.call(packed, 5)
+                if res is not None:
+                    for r in res[4] or ():
+                        if isinstance(r, Exception):
+                            raise r
+                    return
+            elif self._lane.send(packed, 5, str(envelope.headers.get("id"))):
+                return  # pipelined: written now, its reply read later (see _redis_fast.py)
         except redis.exceptions.RedisError:
             with self._errors():
                 raise
-        if res is None:  # another thread holds the lane
-            self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
-            return
-        for r in res[4] or ():
-            if isinstance(r, Exception):
-                with self._errors():
-                    raise r
+        # another thread holds the lane
+        self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
 
     def publish_many(self, items: Sequence[PublishItem]) -> None:
         if not items:
@@ -416,6 +434,13 @@ class RedisBroker(RedisPidboxMixin, Broker):
         bells = [self._k(BELL_PREFIX + q) for q in names]
         wake = self._k(WAKE_PREFIX + consumer_id)
         deadline = time.monotonic() + max(timeout, 0.0)
+        last, streak = self._recent.get(consumer_id, (0, 0))
+        if streak >= 2 and 0 < last < max_count:
+            # Under load (this consumer's last fetches all found work, the last one less than
+            # it asked for): let a few more messages arrive first.  Fewer, fuller batches cost
+            # less per task on both sides; an idle consumer (its last fetch found nothing)
+            # fetches at once, so a lone task's latency is unchanged.
+            time.sleep(COALESCE_SECONDS)
         while True:
             now = time.monotonic()
             reclaim = now >= self._next_reclaim
@@ -429,8 +454,11 @@ class RedisBroker(RedisPidboxMixin, Broker):
             if len(res) > 2:
                 got = self._deliveries(res[2:], names, consumer_id)
                 if got:
+                    self._recent[consumer_id] = (len(got), streak + 1)
                     return got
                 continue  # only undecodable messages: they were dead-lettered, look again
+            streak = 0
+            self._recent[consumer_id] = (0, 0)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []

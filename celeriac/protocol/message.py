@@ -39,6 +39,9 @@ class Envelope:
     properties: dict[str, Any] = field(default_factory=dict)
     content_type: str = codecs.JSON
     content_encoding: str = "utf-8"
+    # (exchange, routing key, delivery tag) -> to_kombu_json's text, when a template can
+    # make it (argument_cloner's messages); None: encode the dicts
+    render: Any = field(default=None, compare=False, repr=False)
 
     @property
     def priority(self) -> int:
@@ -63,6 +66,8 @@ def _dumps(obj: Any) -> str:
 
 def to_kombu_json(env: Envelope, exchange: str, routing_key: str, delivery_tag: str) -> str:
     """The envelope as kombu's Redis transport stores it (body base64-encoded)."""
+    if env.render is not None:
+        return str(env.render(exchange, routing_key, delivery_tag))
     props = dict(env.properties)
     props["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
     props.setdefault("priority", 0)
@@ -280,6 +285,7 @@ def argument_cloner(proto: Envelope, embed: dict[str, Any]) -> Any:
     headers, props = proto.headers, proto.properties
     own_root = headers.get("root_id") == headers.get("id")
     dumps = codecs.json_dumps
+    render = _kombu_template(proto, own_root)
 
     def clone(args: Any, kwargs: Any) -> Envelope:
         task_id = uuid4()
@@ -289,13 +295,66 @@ def argument_cloner(proto: Envelope, embed: dict[str, Any]) -> Any:
         h["id"] = task_id
         if own_root:
             h["root_id"] = task_id
-        h["argsrepr"] = safe_repr(tuple(args))
-        h["kwargsrepr"] = safe_repr(kwargs)
+        argsrepr = h["argsrepr"] = safe_repr(tuple(args))
+        kwargsrepr = h["kwargsrepr"] = safe_repr(kwargs)
         p = dict(props)
         p["correlation_id"] = task_id
-        return Envelope(dumps([args, kwargs, embed]).encode("utf-8"), h, p, codecs.JSON, "utf-8")
+        body = dumps([args, kwargs, embed]).encode("utf-8")
+        env = Envelope(body, h, p, codecs.JSON, "utf-8")
+        if render is not None:
+            env.render = lambda exchange, routing_key, tag: render(
+                body, task_id, argsrepr, kwargsrepr, exchange, routing_key, tag)
+        return env
 
     return clone
+
+
+def _kombu_template(proto: Envelope, own_root: bool) -> Any:
+    """to_kombu_json's text for a clone of ``proto``, by filling slots in the prototype's
+    text instead of encoding two dicts: ``render(body, id, argsrepr, kwargsrepr, exchange,
+    routing_key, tag)``.  None when the prototype's text does not split cleanly."""
+    token = uuid4().replace("-", "")
+    slots = ["body", "id", "argsrepr", "kwargsrepr", "exchange", "routing_key", "tag"]
+    mark = {name: f"SLOT{token}{name}" for name in slots}
+    h = dict(proto.headers)
+    h["id"] = mark["id"]
+    if own_root:
+        h["root_id"] = mark["id"]
+    h["argsrepr"], h["kwargsrepr"] = mark["argsrepr"], mark["kwargsrepr"]
+    p = dict(proto.properties)
+    p["correlation_id"] = mark["id"]
+    text = to_kombu_json(Envelope(b"", h, p, proto.content_type, proto.content_encoding),
+                         mark["exchange"], mark["routing_key"], mark["tag"])
+    text = text.replace('"body": ""', f'"body": "{mark["body"]}"', 1)
+    parts: list[str] = []
+    order: list[str] = []
+    rest = text
+    while True:
+        hits = [(rest.find(f'"{m}"'), name) for name, m in mark.items() if rest.find(f'"{m}"') >= 0]
+        if not hits:
+            parts.append(rest)
+            break
+        at, name = min(hits)
+        parts.append(rest[:at])
+        order.append(name)
+        rest = rest[at + len(mark[name]) + 2:]
+    if sorted(set(order)) != sorted(slots) or any(token in part for part in parts):
+        return None
+    b64 = base64.b64encode
+    quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+
+    def render(body: bytes, task_id: str, argsrepr: str, kwargsrepr: str, exchange: str,
+               routing_key: str, tag: str) -> str:
+        values = {"body": '"' + b64(body).decode("ascii") + '"', "id": '"' + task_id + '"',
+                  "argsrepr": quote(argsrepr), "kwargsrepr": quote(kwargsrepr),
+                  "exchange": quote(exchange), "routing_key": quote(routing_key), "tag": quote(tag)}
+        out = [parts[0]]
+        for name, part in zip(order, parts[1:], strict=True):
+            out.append(values[name])
+            out.append(part)
+        return "".join(out)
+
+    return render
 
 
 def decode_task_message(env: Envelope, accept: frozenset[str] | None = None) -> TaskMessage:
