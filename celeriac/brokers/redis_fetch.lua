@@ -98,12 +98,23 @@ local function lease(raw, qi)
   -- and carry their delivery_info just before: read both there, without decoding the
   -- whole envelope.  Anything else (escapes, another layout) is decoded in full; the
   -- worker decodes every envelope anyway and buries what it cannot read.
+  -- (plain finds, not patterns: a pattern is tried at every offset, several times slower)
   local n = #raw
-  local _, _, t = string.find(raw, '"delivery_tag": "([^"\\]+)"}}$', n > 200 and n - 200 or 1)
-  if t then
-    local _, _, ex, rk = string.find(raw, '"delivery_info": {"exchange": "([^"\\]*)", "routing_key": "([^"\\]*)"}',
-                                     n > 600 and n - 600 or 1)
-    if ex then tag, exchange, routing_key = t, '"' .. ex .. '"', '"' .. rk .. '"' end
+  local a = string.find(raw, '"delivery_tag": "', n > 120 and n - 120 or 1, true)
+  if a and string.sub(raw, -3) == '"}}' then
+    local t = string.sub(raw, a + 17, n - 3)
+    local i = string.find(raw, '"delivery_info": {"exchange": "', n > 600 and n - 600 or 1, true)
+    if i and not string.find(t, '["\\]') then
+      local e1 = i + 31                                   -- first byte of the exchange
+      local e2 = string.find(raw, '", "routing_key": "', e1, true)
+      local r2 = e2 and string.find(raw, '"}', e2 + 19, true)
+      if r2 and r2 < a then
+        local ex, rk = string.sub(raw, e1, e2 - 1), string.sub(raw, e2 + 19, r2 - 1)
+        if not string.find(ex, '["\\]') and not string.find(rk, '["\\]') then
+          tag, exchange, routing_key = t, '"' .. ex .. '"', '"' .. rk .. '"'
+        end
+      end
+    end
   end
   if not tag then
     local ok, env = pcall(cjson.decode, raw)
