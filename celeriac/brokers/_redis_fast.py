@@ -68,11 +68,11 @@ def _arg(a: Any) -> bytes:
 def pack(*args: Any) -> bytes:
     """One command in RESP: ``*N`` then ``$len`` + bytes per argument."""
     out = [b"*%d\r\n" % len(args)]
+    append = out.append
     for a in args:
-        b = _arg(a)
-        out.append(b"$%d\r\n" % len(b))
-        out.append(b)
-        out.append(b"\r\n")
+        cls = a.__class__
+        b = a.encode("utf-8") if cls is str else a if cls is bytes else _arg(a)
+        append(b"$%d\r\n%b\r\n" % (len(b), b))
     return b"".join(out)
 
 
