@@ -48,7 +48,7 @@ import redis
 
 from .. import states
 from .._redis_url import RedisConnection, connect, map_errors
-from ..brokers._redis_fast import FastLane, pack
+from ..brokers._redis_fast import FastLane, RawPubSub, hiredis, pack
 from ..exceptions import OperationalError, TimeoutError
 from .base import (
     CHORD_CLAIM_SECONDS,
@@ -306,7 +306,7 @@ class _Listener:
             self._open_locked()
 
     def _open_locked(self) -> None:
-        self.pubsub = self.client.pubsub()
+        self.pubsub = RawPubSub(self.client) if hiredis is not None else self.client.pubsub()
         with self.cond:
             # Subscribe every wanted channel; this covers whatever was queued or
             # unconfirmed, whose waiters are released when it is confirmed.
