@@ -489,7 +489,7 @@ class Celery:
                getpid())
         cache: dict[str, Any] = self.__dict__.setdefault("_plain_cache", {})
         hit = cache.get(name)
-        if hit is not None and hit[1] is task and all(a is b or a == b for a, b in zip(hit[0], key, strict=True)):
+        if hit is not None and hit[1] is task and hit[0] == key:  # (items compared by identity first)
             clone, queue = hit[2], hit[3]
             if clone is None:
                 return None

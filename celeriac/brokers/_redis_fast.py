@@ -81,6 +81,10 @@ MULTI = pack("MULTI")
 EXEC = pack("EXEC")
 WINDOW = 64                 # unconfirmed commands a lane holds before it reads their replies
 WINDOW_BYTES = 1 << 20      # ... or bytes of them
+# A send first reads the replies that have come (one poll(2), a recv when there are some): a
+# reply left unread when the server closes the connection would be lost with it (a reset
+# discards what the socket received), and its command sent again, i.e. run twice.
+PEEK_AFTER = 1
 logger = logging.getLogger("celeriac.broker")
 _LANES: weakref.WeakSet[FastLane] = weakref.WeakSet()
 
@@ -150,7 +154,8 @@ class FastLane:
         self.poller: Any = None
         self.buf = bytearray(65536)
         # pipelined commands whose replies are unread: (packed, reply count, label)
-        self.pending: deque[tuple[bytes, int, str]] = deque()
+        # (packed, reply count, label, what to send instead if its fate is unknown, or None)
+        self.pending: deque[tuple[bytes, int, str, Any]] = deque()
         self.pending_bytes = 0
         self.partial: list[Any] = []  # replies read so far of the first pending command
         _LANES.add(self)
@@ -261,11 +266,13 @@ class FastLane:
         return out
 
     # -- pipelined publishes --------------------------------------------------------
-    def send(self, packed: bytes, replies: int, label: str) -> bool:
+    def send(self, packed: bytes, replies: int, label: str, resend: Any = None) -> bool:
         """Write ``packed`` (``replies`` commands) and return without waiting for the replies;
         False when the lane is busy (the caller then sends synchronously) or there is no
-        hiredis.  ``label`` names the command in errors (a task id).  Replies that have
-        arrived are read first (no waiting), so a refusal is raised here, by the next send."""
+        hiredis.  ``label`` names the command in errors (a task id).  The replies that have
+        arrived are read first (no waiting), so a refusal is raised by the next send.
+        ``resend``: a function returning a one-reply command to send instead when the
+        connection breaks before the reply is read (an idempotent form of ``packed``)."""
         if hiredis is None:
             return False
         if self.pid != getpid() and self.pid:
@@ -277,13 +284,13 @@ class FastLane:
             if self.pending:
                 if conn._sock is not self.sock:
                     self._resend(conn)  # the owed replies were on a socket that is gone
-                elif self.poller is not None and self.poller.poll(0):
+                elif len(self.pending) >= PEEK_AFTER and self.poller is not None and self.poller.poll(0):
                     self._settle_owed(conn, block=False)
                     if not self.pending and self.poller.poll(0):  # EOF behind the last reply
                         conn.disconnect()
                         conn.connect()
             sock = self._socket(conn)
-            self.pending.append((packed, replies, label))
+            self.pending.append((packed, replies, label, resend))
             self.pending_bytes += len(packed)
             try:
                 sock.sendall(packed)
@@ -331,17 +338,18 @@ class FastLane:
     def _settle_owed(self, conn: Any, block: bool) -> None:
         """Read owed replies (all of them, or with ``block=False`` those that have arrived),
         confirming commands one by one; a broken connection sends the rest again."""
+        failures: list[tuple[str, BaseException]] = []
         try:
-            failures = self._consume(self.sock, block)
+            self._consume(self.sock, block, failures)
         except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-            self._resend(conn)
+            self._resend(conn, failures)
             return
         if failures:
             raise PublishFailed(failures)
 
-    def _consume(self, sock: Any, block: bool) -> list[tuple[str, BaseException]]:
+    def _consume(self, sock: Any, block: bool, failures: list[tuple[str, BaseException]]) -> None:
+        """Read replies and pop the commands they complete (refusals into ``failures``)."""
         reader, buf, pending = self.reader, self.buf, self.pending
-        failures: list[tuple[str, BaseException]] = []
         while pending:
             reply = reader.gets()
             if reply is False:
@@ -353,7 +361,7 @@ class FastLane:
                 reader.feed(buf, 0, n)
                 continue
             self.partial.append(reply)
-            packed, count, label = pending[0]
+            packed, count, label, _ = pending[0]
             if len(self.partial) == count:
                 bad = _refusal(self.partial)
                 if bad is not None:
@@ -361,13 +369,21 @@ class FastLane:
                 pending.popleft()
                 self.pending_bytes -= len(packed)
                 self.partial = []
-        return failures
 
-    def _resend(self, conn: Any) -> None:
-        """The connection broke with replies owed: send every unconfirmed command again on a
-        new connection and wait for their replies (raises if that fails too).  A command
-        whose replies were partly read may have run: it is sent again (at least once)."""
-        items = list(self.pending)
+    def _resend(self, conn: Any, failures: list[tuple[str, BaseException]] | None = None) -> None:
+        """The connection broke with replies owed: the replies already received on it still
+        confirm their commands; every other one is sent again on a new connection, and their
+        replies awaited (raises if that fails too).  A command whose replies were partly read
+        may have run: it is sent again (at least once)."""
+        failures = [] if failures is None else failures
+        if self.sock is not None and self.poller is not None and self.pending:
+            try:
+                self._consume(self.sock, False, failures)  # what arrived before it broke
+            except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                pass
+        # fate unknown: sent, no reply read; the idempotent form where there is one
+        items = [(r(), 1, label, None) if r is not None else (p, n, label, None)
+                 for p, n, label, r in self.pending]
         self.pending.clear()
         self.pending_bytes = 0
         self.partial = []
@@ -380,9 +396,10 @@ class FastLane:
                 conn.connect()
             sock = self._socket(conn)
             self.pending.extend(items)
-            self.pending_bytes = sum(len(p) for p, _, _ in items)
-            sock.sendall(b"".join(p for p, _, _ in items))
-            failures = self._consume(sock, block=True)
+            self.pending_bytes = sum(len(p) for p, _, _, _ in items)
+            if items:
+                sock.sendall(b"".join(p for p, _, _, _ in items))
+                self._consume(sock, True, failures)
         except BaseException as exc:
             self.pending.clear()
             self.pending_bytes = 0
@@ -390,12 +407,13 @@ class FastLane:
             self.sock = None
             if conn is not None:
                 conn.disconnect()
-            labels = ", ".join(label for _, _, label in items[:10])
+            labels = ", ".join(label for _, _, label, _ in items[:10])
             raise redis.exceptions.ConnectionError(
                 f"Lost the connection to Redis with {len(items)} published message(s) unconfirmed "
                 f"({labels}), and could not send them again: {exc}") from exc
-        logger.warning("Connection to Redis lost with %d published message(s) unconfirmed: sent again",
-                       len(items))
+        if items:
+            logger.warning("Connection to Redis lost with %d published message(s) unconfirmed: sent again",
+                           len(items))
         if failures:
             raise PublishFailed(failures)
 

@@ -119,6 +119,19 @@ RECLAIM_INTERVAL = 1.0             # seconds between expired-lease sweeps per br
 MIN_BLOCK = 0.01                   # BRPOP rounds to milliseconds, and 0 would block forever
 COALESCE_SECONDS = 0.001           # a busy consumer's pause before a fetch (see fetch)
 
+# A publish sent again after its connection broke with the reply unread: Redis may have run
+# it.  Pushed unless the message is in its list (LPUSH puts new ones first: LPOS finds a recent
+# one early) or leased (kombu's unacked hash has its tag).  One acked in between would be
+# pushed again: that needs a consumer to finish it within the moment the connection broke.
+RESEND_SCRIPT = """
+if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
+if redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', 100000) then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LPUSH', KEYS[3], '1')
+redis.call('LTRIM', KEYS[3], 0, 0)
+return 1
+"""
+
 _HERE = Path(__file__).parent
 _SCRIPTS = ("fetch", "heartbeat", "release", "requeue", "replay", "purge", "tokens", "bury")
 
@@ -318,13 +331,21 @@ class RedisBroker(RedisPidboxMixin, Broker):
                         if isinstance(r, Exception):
                             raise r
                     return
-            elif self._lane.send(packed, 5, str(envelope.headers.get("id"))):
+            elif self._lane.send(packed, 5, str(envelope.headers.get("id")),
+                                 lambda: self._resend_form(queue, step, body)):
                 return  # pipelined: written now, its reply read later (see _redis_fast.py)
         except redis.exceptions.RedisError:
             with self._errors():
                 raise
         # another thread holds the lane
         self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
+
+    def _resend_form(self, queue: str, step: int, body: bytes) -> bytes:
+        """A pipelined publish whose reply was lost with its connection, sent again: pushed
+        only if Redis does not have it already (in its list, or leased by a consumer)."""
+        tag = from_kombu_json(body).properties.get("delivery_tag") or ""
+        return pack("EVAL", RESEND_SCRIPT, 3, self.queue_key(queue, step), self.unacked_key,
+                    self._k(BELL_PREFIX + queue), body, tag)
 
     def publish_many(self, items: Sequence[PublishItem]) -> None:
         if not items:

@@ -19,7 +19,7 @@ from conftest import _unavailable
 from test_redis_hot_path import Server, env
 
 from celeriac.brokers import broker_from_url
-from celeriac.brokers._redis_fast import WINDOW, PublishFailed
+from celeriac.brokers._redis_fast import PEEK_AFTER, WINDOW, PublishFailed
 from celeriac.brokers.redis import RedisBroker
 from celeriac.exceptions import OperationalError
 
@@ -64,16 +64,19 @@ def test_replies_are_read_in_windows(broker: RedisBroker) -> None:
 
 def test_a_refused_publish_is_raised_by_the_next_one_naming_its_task(server: Server, broker: RedisBroker) -> None:
     broker.publish(env(0), "q")
+    assert broker.stats("q").ready == 1          # (confirms it before the raw client's writes)
     server.raw.delete("q")
     server.raw.set("q", "not a list")            # LPUSH now fails inside the transaction
     refused = env(1)
     broker.publish(refused, "q")                 # returns: the refusal is not read yet
     time.sleep(0.05)
     with pytest.raises((PublishFailed, OperationalError)) as err:
-        broker.publish(env(2), "q")
-    assert refused.headers["id"] in str(err.value)
-    assert "WRONGTYPE" in str(err.value)
-    assert not broker._lane.pending              # reported once, not again
+        for i in range(PEEK_AFTER + 1):          # read once PEEK_AFTER are unconfirmed
+            broker.publish(env(2 + i), "q")
+    failed = err.value if isinstance(err.value, PublishFailed) else err.value.__cause__
+    assert isinstance(failed, PublishFailed)
+    assert failed.failures[0][0] == refused.headers["id"]        # first, and named in the text
+    assert refused.headers["id"] in str(err.value) and "WRONGTYPE" in str(err.value)
     server.raw.delete("q")
     broker.publish(env(3), "q")
     assert broker.stats("q").ready == 1
