@@ -9,6 +9,7 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,16 @@ def _unavailable(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    """A throw-away redis-server on a port of its own (command counts, kills, restarts)."""
+    import shutil
+
+    from support import Server
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed")
+    s = Server()
+    yield s
+    s.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -11,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,3 +98,57 @@ class WorkerProcess:
             self.stop()
         else:
             self._log.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A throw-away redis-server, so that command counts are ours alone."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.start()
+
+    def restart(self) -> None:
+        """Kill the server and start an empty one on the same port."""
+        self.kill()
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.raw = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.raw.ping()
+                return
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def calls(self) -> dict[str, int]:
+        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in self.raw.info("commandstats").items()}
+
+    def kill(self) -> None:
+        self.raw.close()
+        self.proc.kill()
+        self.proc.wait()
+
+
+def stop_group(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
+    """SIGTERM a process started in its own group, SIGKILL the group if it outstays ``timeout``."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)

@@ -30,6 +30,7 @@ costs 60-120 µs of waiting here, the write alone under 10 µs.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import logging
 import select
@@ -370,6 +371,15 @@ class FastLane:
                 self.pending_bytes -= len(packed)
                 self.partial = []
 
+    def _drop(self, conn: Any) -> None:
+        """Forget the unconfirmed commands and the connection they were written on."""
+        self.pending.clear()
+        self.pending_bytes = 0
+        self.partial = []
+        self.sock = None
+        if conn is not None:
+            conn.disconnect()
+
     def _resend(self, conn: Any, failures: list[tuple[str, BaseException]] | None = None) -> None:
         """The connection broke with replies owed: the replies already received on it still
         confirm their commands; every other one is sent again on a new connection, and their
@@ -377,19 +387,13 @@ class FastLane:
         may have run: it is sent again (at least once)."""
         failures = [] if failures is None else failures
         if self.sock is not None and self.poller is not None and self.pending:
-            try:
-                self._consume(self.sock, False, failures)  # what arrived before it broke
-            except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
-                pass
+            # what arrived before it broke confirms its commands; the read then fails, as expected
+            with contextlib.suppress(OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+                self._consume(self.sock, False, failures)
         # fate unknown: sent, no reply read; the idempotent form where there is one
         items = [(r(), 1, label, None) if r is not None else (p, n, label, None)
                  for p, n, label, r in self.pending]
-        self.pending.clear()
-        self.pending_bytes = 0
-        self.partial = []
-        self.sock = None
-        if conn is not None:
-            conn.disconnect()
+        self._drop(conn)
         try:
             conn = self.conn = self.pool.get_connection() if conn is None else conn
             if conn._sock is None:
@@ -401,12 +405,7 @@ class FastLane:
                 sock.sendall(b"".join(p for p, _, _, _ in items))
                 self._consume(sock, True, failures)
         except BaseException as exc:
-            self.pending.clear()
-            self.pending_bytes = 0
-            self.partial = []
-            self.sock = None
-            if conn is not None:
-                conn.disconnect()
+            self._drop(conn)
             labels = ", ".join(label for _, _, label, _ in items[:10])
             raise redis.exceptions.ConnectionError(
                 f"Lost the connection to Redis with {len(items)} published message(s) unconfirmed "

@@ -321,7 +321,8 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 b"*3\r\n$5\r\nLPUSH\r\n" + pack(self.queue_key(queue, step))[4:],
                 pack("LPUSH", self._k(BELL_PREFIX + queue), "1") + pack("LTRIM", self._k(BELL_PREFIX + queue), 0, 0)
                 + EXEC)
-        body = to_kombu_json(envelope, exchange, queue, self._tag()).encode()
+        tag = self._tag()
+        body = to_kombu_json(envelope, exchange, queue, tag).encode()
         packed = b"".join((MULTI, keys[0], b"$%d\r\n" % len(body), body, b"\r\n", keys[1]))
         try:
             if self.confirm_publish:
@@ -332,7 +333,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
                             raise r
                     return
             elif self._lane.send(packed, 5, str(envelope.headers.get("id")),
-                                 lambda: self._resend_form(queue, step, body)):
+                                 lambda: self._resend_form(queue, step, body, tag)):
                 return  # pipelined: written now, its reply read later (see _redis_fast.py)
         except redis.exceptions.RedisError:
             with self._errors():
@@ -340,10 +341,9 @@ class RedisBroker(RedisPidboxMixin, Broker):
         # another thread holds the lane
         self.publish_many([PublishItem(envelope, queue, not_before, exchange)])
 
-    def _resend_form(self, queue: str, step: int, body: bytes) -> bytes:
+    def _resend_form(self, queue: str, step: int, body: bytes, tag: str) -> bytes:
         """A pipelined publish whose reply was lost with its connection, sent again: pushed
         only if Redis does not have it already (in its list, or leased by a consumer)."""
-        tag = from_kombu_json(body).properties.get("delivery_tag") or ""
         return pack("EVAL", RESEND_SCRIPT, 3, self.queue_key(queue, step), self.unacked_key,
                     self._k(BELL_PREFIX + queue), body, tag)
 

@@ -330,7 +330,7 @@ def _kombu_template(proto: Envelope, own_root: bool) -> Any:
     order: list[str] = []
     rest = text
     while True:
-        hits = [(rest.find(f'"{m}"'), name) for name, m in mark.items() if rest.find(f'"{m}"') >= 0]
+        hits = [(at, name) for name, m in mark.items() if (at := rest.find(f'"{m}"')) >= 0]
         if not hits:
             parts.append(rest)
             break

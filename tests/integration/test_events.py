@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import REDIS_URL, _redis_up, _unavailable
-from support import WorkerProcess, run_cli, wait_for, write
+from support import WorkerProcess, run_cli, stop_group, wait_for, write
 
 from celeriac import Celery
 
@@ -472,12 +472,7 @@ def test_celery_events_dump_sees_our_worker(celery_venv: Path, redis_ev: Env, tm
         wait_for(lambda: " shutdown:" in text(), 10, message="worker-offline line")
         assert "result=5" in text()
     finally:
-        os.killpg(dumper.pid, signal.SIGTERM)
-        try:
-            dumper.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(dumper.pid, signal.SIGKILL)
-            dumper.wait(10)
+        stop_group(dumper)
         log.close()
 
 
@@ -617,10 +612,5 @@ def test_flower_sees_our_worker_and_tasks(flower_venv: Path, redis_ev: Env, tmp_
             row = wait_for(lambda: dashboard(2), 15, message="the tasks counted on Flower's dashboard")
             assert row["status"] is True and row["active"] == 0 and row["sw_ident"] == "celeriac"
         finally:
-            os.killpg(flower.pid, signal.SIGTERM)
-            try:
-                flower.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(flower.pid, signal.SIGKILL)
-                flower.wait(10)
+            stop_group(flower)
             log.close()

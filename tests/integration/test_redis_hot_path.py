@@ -5,19 +5,15 @@ are stored before acks, a dropped connection is noticed, NOSCRIPT is recovered."
 from __future__ import annotations
 
 import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from conftest import _unavailable
+from support import Server
 
 from celeriac import Celery
 from celeriac.backends import backend_from_url
@@ -29,59 +25,6 @@ from celeriac.protocol.results import make_meta
 from celeriac.worker.loop import WorkLoop
 
 pytestmark = pytest.mark.redis
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """A throw-away redis-server, so that command counts are ours alone."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.start()
-
-    def restart(self) -> None:
-        """Kill the server and start an empty one on the same port."""
-        self.kill()
-        self.start()
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.raw = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.raw.ping()
-                return
-            except redis.exceptions.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-
-    def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
-
-    def calls(self) -> dict[str, int]:
-        return {k.removeprefix("cmdstat_"): v["calls"] for k, v in self.raw.info("commandstats").items()}
-
-    def kill(self) -> None:
-        self.raw.close()
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not installed")
-    s = Server()
-    yield s
-    s.kill()
 
 
 def env(n: int = 0) -> Any:

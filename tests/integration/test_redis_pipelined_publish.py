@@ -6,7 +6,6 @@ returned publish, and ``confirm_publish=True`` waits for each reply."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import _unavailable
-from test_redis_hot_path import Server, env
+from support import Server
+from test_redis_hot_path import env
 
 from celeriac.brokers import broker_from_url
 from celeriac.brokers._redis_fast import PEEK_AFTER, WINDOW, PublishFailed
@@ -24,24 +23,12 @@ from celeriac.brokers.redis import RedisBroker
 from celeriac.exceptions import OperationalError
 
 
-@pytest.fixture(name="server")
-def _server() -> Iterator[Server]:
-    if shutil.which("redis-server") is None:
-        _unavailable("redis-server is not installed")
-    s = Server()
-    yield s
-    s.kill()
-
-
 @pytest.fixture
 def broker(server: Server) -> Iterator[RedisBroker]:
     b = broker_from_url(server.url())
     assert isinstance(b, RedisBroker)
     yield b
-    try:
-        b.close()
-    except Exception:
-        pass
+    b.close()
 
 
 def test_publish_does_not_wait_for_the_reply_and_others_still_see_it(server: Server, broker: RedisBroker) -> None:
