@@ -1,4 +1,4 @@
-"""Redis URLs as Celery and kombu accept them, turned into redis-py clients.
+"""Redis URLs as Celery and kombu accept them, turned into clients (``_resp.Client``).
 
 Shared by the Redis broker and the Redis result backend (like ``_sqlite.py``)::
 
@@ -18,22 +18,22 @@ optional; ``cert_reqs`` may be an ``ssl.CERT_*`` value or "required"/"optional"/
 Clients never retry a command by themselves (redis-py 8 retries with back-off by
 default): a retried non-idempotent script could count twice, and a retry loop
 hides an outage.  The pool still replaces a stale connection when it hands it out.
+
+Commands go through our own small client (``_resp.py``, hiredis on a plain socket):
+a worker on ``redis://`` or ``unix://`` never imports redis-py (about 20 MiB per
+process).  redis-py, imported only then, opens TLS connections (``rediss://``,
+``ssl`` options) and finds a Sentinel-managed master; its exceptions become ours here.
 """
 
 from __future__ import annotations
 
-import ssl as _ssl
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-import redis
-from redis.backoff import NoBackoff
-from redis.connection import ConnectionPool, SSLConnection, UnixDomainSocketConnection
-from redis.retry import Retry
-
+from . import _resp
 from .exceptions import ImproperlyConfigured, OperationalError
 
 DEFAULT_SOCKET_TIMEOUT = 30.0
@@ -60,7 +60,7 @@ _TLS_NAMES = ("cert_reqs", "ca_certs", "certfile", "keyfile", "check_hostname", 
 class RedisConnection:
     """A client, a printable name for errors (no password), and how to close it."""
 
-    client: redis.Redis
+    client: _resp.Client
     where: str
     db: int = 0
     closers: list[Callable[[], None]] = field(default_factory=list)
@@ -71,6 +71,8 @@ class RedisConnection:
 
 
 def _cert_reqs(value: Any) -> Any:
+    import ssl as _ssl  # TLS only: a plain redis:// worker never loads libssl
+
     if value is None or isinstance(value, int):
         return _ssl.CERT_REQUIRED if value is None else value
     name = str(value).strip().lower().removeprefix("ssl.").removeprefix("cert_")
@@ -134,7 +136,6 @@ def _base_kwargs(options: dict[str, Any], url: str) -> dict[str, Any]:
     kw: dict[str, Any] = {
         "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
         "socket_connect_timeout": DEFAULT_CONNECT_TIMEOUT,
-        "retry": Retry(NoBackoff(), 0),
     }
     for name in _PARAMS:
         if options.get(name) is not None:
@@ -143,7 +144,9 @@ def _base_kwargs(options: dict[str, Any], url: str) -> dict[str, Any]:
 
 
 def parse_url(url: str, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """``("pool", ConnectionPool kwargs)`` or ``("sentinel", {...})`` for a Redis URL."""
+    """``("pool", connection kwargs)`` or ``("sentinel", {...})`` for a Redis URL.  The
+    kwargs are redis-py's names (``host``, ``port`` or ``path``, ``db``, ``username``,
+    ``password``, ``socket_*``, ...); ``ssl=True`` and ``ssl_*`` for TLS."""
     options = dict(options or {})
     tls = dict(options.get("ssl") or {})
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
@@ -156,7 +159,7 @@ def parse_url(url: str, options: dict[str, Any] | None = None) -> tuple[str, dic
         path = unquote(parts.netloc.rpartition("@")[2] + parts.path)
         if not path:
             raise ImproperlyConfigured(f"Redis socket URL {url!r} names no socket path")
-        kw.update(path=path, connection_class=UnixDomainSocketConnection)
+        kw["path"] = path
     elif scheme in ("redis", "rediss"):
         try:
             port = parts.port or 6379
@@ -178,7 +181,7 @@ def parse_url(url: str, options: dict[str, Any] | None = None) -> tuple[str, dic
         kw["db"] = db
     tls.update(query_tls)
     if scheme == "rediss" or (tls and "path" not in kw):
-        kw["connection_class"] = SSLConnection
+        kw["ssl"] = True
         kw.update(tls_kwargs(tls))
     return "pool", kw
 
@@ -219,39 +222,97 @@ def _parse_sentinel(url: str, options: dict[str, Any], tls: dict[str, Any]) -> d
             "sentinel_kwargs": dict(options.get("sentinel_kwargs") or {})}
 
 
+_CONNECTION_KWARGS = ("db", "username", "password", "socket_timeout", "socket_connect_timeout",
+                      "socket_keepalive")
+
+
+def _redis_py_opener(kw: dict[str, Any], address: Callable[[], tuple[str, int]] | None) -> Callable[[], Any]:
+    """An opener for ``_resp.Params``: redis-py connects (TLS handshake, AUTH, SELECT) and
+    hands over its socket.  ``address``: where the master is now (Sentinel), else kw's."""
+
+    def open_() -> tuple[Any, Any]:
+        import redis
+        from redis.backoff import NoBackoff
+        from redis.connection import Connection, SSLConnection
+        from redis.retry import Retry
+
+        conn_kw = {k: kw[k] for k in _CONNECTION_KWARGS if k in kw}
+        conn_kw.update((k, v) for k, v in kw.items() if k.startswith("ssl_"))
+        try:
+            host, port = address() if address is not None else (kw["host"], kw["port"])
+            cls = SSLConnection if kw.get("ssl") else Connection
+            conn = cls(host=host, port=port, retry=Retry(NoBackoff(), 0), **conn_kw)
+            conn.connect()
+        except redis.exceptions.AuthenticationError as exc:
+            raise _resp.AuthenticationError(f"{type(exc).__name__}: {exc}") from exc
+        except redis.exceptions.TimeoutError as exc:
+            raise _resp.TimeoutError(f"{type(exc).__name__}: {exc}") from exc
+        except redis.exceptions.RedisError as exc:
+            raise _resp.ConnectionError(f"{type(exc).__name__}: {exc}") from exc
+        return conn._sock, conn
+
+    return open_
+
+
+def _params(kw: dict[str, Any], **extra: Any) -> _resp.Params:
+    names = ("host", "port", "path", "db", "username", "password", "socket_timeout", "socket_connect_timeout",
+             "socket_keepalive", "max_connections", "health_check_interval")
+    return _resp.Params(**{k: kw[k] for k in names if k in kw}, **extra)
+
+
 def connect(url: str, options: dict[str, Any] | None = None) -> RedisConnection:
     """A client for ``url``; connections open lazily, on first use."""
     kind, kw = parse_url(url, options)
     if kind == "sentinel":
-        from redis.sentinel import Sentinel
-
         mkw = kw["master_kwargs"]
-        sentinel = Sentinel(kw["hosts"], sentinel_kwargs={
-            "socket_timeout": mkw["socket_timeout"],
-            "socket_connect_timeout": mkw["socket_connect_timeout"], **kw["sentinel_kwargs"]})
-        client = sentinel.master_for(kw["master_name"], **mkw)
-        db = int(mkw.get("db", 0))
         hosts = ",".join(f"{h}:{p}" for h, p in kw["hosts"])
-        return RedisConnection(client, f"sentinel master {kw['master_name']!r} via {hosts} db {db}", db,
-                               [client.connection_pool.disconnect, sentinel.close])
-    pool = ConnectionPool(**kw)
+        db = int(mkw.get("db", 0))
+        where = f"sentinel master {kw['master_name']!r} via {hosts} db {db}"
+        sentinels: list[Any] = []
+
+        def master() -> tuple[str, int]:
+            import redis
+            from redis.sentinel import Sentinel
+
+            if not sentinels:
+                sentinels.append(Sentinel(kw["hosts"], sentinel_kwargs={
+                    "socket_timeout": mkw["socket_timeout"],
+                    "socket_connect_timeout": mkw["socket_connect_timeout"], **kw["sentinel_kwargs"]}))
+            try:
+                return sentinels[0].discover_master(kw["master_name"])  # type: ignore[no-any-return]
+            except redis.exceptions.RedisError as exc:
+                raise _resp.ConnectionError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+        def close_sentinels() -> None:
+            if sentinels:
+                sentinels.pop().close()
+
+        client = _resp.Client(_params(mkw, opener=_redis_py_opener(mkw, master), address=where))
+        return RedisConnection(client, where, db, [client.close, close_sentinels])
     db = int(kw.get("db", 0))
     if "path" in kw:
         where = f"unix://{kw['path']}?db={db}"
     else:
-        scheme = "rediss" if kw.get("connection_class") is SSLConnection else "redis"
-        where = f"{scheme}://{kw['host']}:{kw['port']}/{db}"
-    return RedisConnection(redis.Redis(connection_pool=pool), where, db, [pool.disconnect])
+        where = f"{'rediss' if kw.get('ssl') else 'redis'}://{kw['host']}:{kw['port']}/{db}"
+    opener = _redis_py_opener(kw, None) if kw.get("ssl") else None
+    client = _resp.Client(_params(kw, opener=opener))
+    return RedisConnection(client, where, db, [client.close])
+
+
+def same_server(a: _resp.Client, b: _resp.Client) -> bool:
+    """Whether two clients reach the same server and database as the same user."""
+    pa, pb = a.params, b.params
+    return all(getattr(pa, k) == getattr(pb, k) for k in ("host", "port", "path", "db", "username", "password")) \
+        and pa.opener is None and pb.opener is None
 
 
 @contextmanager
 def map_errors(what: str, on_connection_error: Callable[[], None] | None = None) -> Iterator[None]:
-    """redis-py errors become OperationalError naming ``what`` (e.g. "Redis result backend at ...")."""
+    """Redis errors become OperationalError naming ``what`` (e.g. "Redis result backend at ...")."""
     try:
         yield
-    except redis.exceptions.RedisError as exc:
-        if on_connection_error is not None and isinstance(
-                exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+    except _resp.RedisError as exc:
+        if on_connection_error is not None and isinstance(exc, _resp.ConnectionError):
             on_connection_error()
         raise OperationalError(f"{what}: {type(exc).__name__}: {exc}") from exc
     except OSError as exc:  # a socket closed under a reader (e.g. close() from another thread)

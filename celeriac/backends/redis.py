@@ -31,7 +31,6 @@ channel on the server, and we send them 1,000 to a command).
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import os
@@ -44,11 +43,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from .. import states
 from .._redis_url import RedisConnection, connect, map_errors
-from ..brokers._redis_fast import FastLane, RawPubSub, hiredis, pack
+from .._resp import Client, PubSub, RedisError, Script, pack
+from ..brokers._redis_fast import FastLane
 from ..exceptions import OperationalError, TimeoutError
 from .base import (
     CHORD_CLAIM_SECONDS,
@@ -75,40 +73,14 @@ def result_key_prefix(prefix: str | None) -> str:
     return prefix or ""
 
 
-class _Script:
-    """A Lua file run with EVALSHA, loaded on first use (and again after SCRIPT FLUSH)."""
-
-    def __init__(self, filename: str) -> None:
-        self.source = Path(__file__).with_name(filename).read_text()
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
-
-    def __call__(self, client: redis.Redis, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        try:
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            client.script_load(self.source)
-            return client.evalsha(self.sha, len(keys), *keys, *args)
-
-    def many(self, client: redis.Redis, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]) -> list[Any]:
-        """Several calls in one round trip (a NOSCRIPT fails them all, so redoing them is safe)."""
-        if len(calls) == 1:
-            return [self(client, *calls[0])]
-        for attempt in (1, 2):
-            pipe = client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.evalsha(self.sha, len(keys), *keys, *args)
-            try:
-                return pipe.execute()
-            except redis.exceptions.NoScriptError:
-                if attempt == 2:
-                    raise
-                client.script_load(self.source)
-        raise AssertionError("unreachable")
+def _script(filename: str) -> Script:
+    """A Lua file beside this module, run with EVALSHA (loaded on first use and after SCRIPT FLUSH)."""
+    return Script(Path(__file__).with_name(filename).read_text())
 
 
-STORE = _Script("redis_store.lua")
-CHORD_JOIN = _Script("redis_chord_join.lua")
-CHORD_CLEANUP = _Script("redis_chord_cleanup.lua")
+STORE = _script("redis_store.lua")
+CHORD_JOIN = _script("redis_chord_join.lua")
+CHORD_CLEANUP = _script("redis_chord_cleanup.lua")
 
 
 class _Mailbox:
@@ -145,7 +117,7 @@ class _Listener:
     again, then bumps ``generation``, telling waiters to read their keys again.
     """
 
-    def __init__(self, client: redis.Redis, wake_channel: bytes, where: str) -> None:
+    def __init__(self, client: Client, wake_channel: bytes, where: str) -> None:
         self.client = client
         self.wake = wake_channel
         self.where = where
@@ -188,10 +160,10 @@ class _Listener:
         if not self._send_now():
             try:
                 with map_errors(f"Redis result backend at {self.where}"):
-                    self.client.publish(self.wake, b"")
+                    self.client.execute("PUBLISH", self.wake, b"")
             except OperationalError:  # connection closed under us: a PUBLISH is safe to repeat
                 with map_errors(f"Redis result backend at {self.where}"):
-                    self.client.publish(self.wake, b"")
+                    self.client.execute("PUBLISH", self.wake, b"")
         if not req.event.wait(SUBSCRIBE_TIMEOUT):
             self.unsubscribe(box, channels)
             raise OperationalError(f"Redis result backend at {self.where}: no SUBSCRIBE confirmation "
@@ -265,8 +237,8 @@ class _Listener:
         if thread is None:
             return
         try:
-            self.client.publish(self.wake, b"")
-        except redis.exceptions.RedisError:
+            self.client.execute("PUBLISH", self.wake, b"")
+        except RedisError:
             pass
         thread.join(2.0)
         if thread.is_alive():   # blocked on a dead server: break its read
@@ -306,7 +278,7 @@ class _Listener:
             self._open_locked()
 
     def _open_locked(self) -> None:
-        self.pubsub = RawPubSub(self.client) if hiredis is not None else self.client.pubsub()
+        self.pubsub = PubSub(self.client)
         with self.cond:
             # Subscribe every wanted channel; this covers whatever was queued or
             # unconfirmed, whose waiters are released when it is confirmed.
@@ -421,7 +393,7 @@ class RedisBackend(ResultBackend):
     # -- connections -----------------------------------------------------------------
     def connect(self) -> None:
         with self._errors():
-            self.client.ping()
+            self.client.execute("PING")
 
     def close(self) -> None:
         with self._listener_lock:
@@ -459,7 +431,10 @@ class RedisBackend(ResultBackend):
                 args += (m.status, m.payload)
             calls.append(([self.key_for(m.task_id) for m in chunk], args))
         with self._errors():
-            STORE.many(self.client, calls)
+            if len(calls) == 1:
+                self.client.evalsha(STORE, *calls[0])
+            else:
+                self.client.evalsha_many(STORE, calls)
 
     def redis_store_args(self, metas: Sequence[dict[str, Any]]) -> list[Any]:
         """``store_metas`` as arguments for a script on the same server that stores them with
@@ -486,19 +461,18 @@ class RedisBackend(ResultBackend):
             if len(ids) <= BATCH:
                 keys = [self.key_for(t) for t in ids]
                 got = self._lane.call(pack("MGET", *keys), 1)
-                values = got[0] if got is not None else self.client.mget(keys)
+                values = got[0] if got is not None else self.client.execute("MGET", *keys)
             else:
-                pipe = self.client.pipeline(transaction=False)
-                for i in range(0, len(ids), BATCH):
-                    pipe.mget([self.key_for(t) for t in ids[i:i + BATCH]])
-                values = [v for chunk in pipe.execute() for v in chunk]
+                chunks = self.client.pipeline([("MGET", *(self.key_for(t) for t in ids[i:i + BATCH]))
+                                               for i in range(0, len(ids), BATCH)])
+                values = [v for chunk in chunks for v in chunk]
         return {t: v for t, v in zip(ids, values, strict=True) if isinstance(v, bytes)}
 
     def _delete(self, task_ids: Sequence[str]) -> None:
         ids = list(task_ids)
         with self._errors():
             for i in range(0, len(ids), BATCH):
-                self.client.delete(*[self.key_for(t) for t in ids[i:i + BATCH]])
+                self.client.execute("DEL", *[self.key_for(t) for t in ids[i:i + BATCH]])
 
     # -- waiting -----------------------------------------------------------------------
     def _channels(self, task_ids: Sequence[str]) -> list[bytes]:
@@ -612,13 +586,8 @@ class RedisBackend(ResultBackend):
         k = self._chord_keys(group_id)
         ttl = self._ttl_seconds()
         with self._errors():
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(k["c"])
-            if ttl:
-                pipe.set(k["s"], int(size), ex=ttl)
-            else:
-                pipe.set(k["s"], int(size))
-            pipe.execute()
+            self.client.pipeline([("DEL", k["c"]), ("SET", k["s"], int(size), *(("EX", ttl) if ttl else ()))],
+                                 transaction=True)
 
     def chord_join(self, group_id: str, task_id: str, group_index: int | None, state: str,
                    result: Any) -> ChordReady | None:
@@ -627,8 +596,8 @@ class RedisBackend(ResultBackend):
         score = "+inf" if group_index is None else str(int(group_index))
         token = uuid.uuid4().hex
         with self._errors():
-            members = CHORD_JOIN(
-                self.client, [k["j"], k["d"], k["c"], k["t"], k["s"], k["meta"]],
+            members = self.client.evalsha(
+                CHORD_JOIN, [k["j"], k["d"], k["c"], k["t"], k["s"], k["meta"]],
                 [member, score, f"{task_id}:{group_index}", self._ttl_seconds(), token,
                  int(CHORD_CLAIM_SECONDS)])
         if members is None:
@@ -638,5 +607,5 @@ class RedisBackend(ResultBackend):
     def chord_cleanup(self, group_id: str, token: str) -> None:
         k = self._chord_keys(group_id)
         with self._errors():
-            CHORD_CLEANUP(self.client, [k["c"], k["j"], k["t"], k["s"], k["d"]],
+            self.client.evalsha(CHORD_CLEANUP, [k["c"], k["j"], k["t"], k["s"], k["d"]],
                           [token, int(CHORD_DONE_SECONDS)])

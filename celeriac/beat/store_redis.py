@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .._redis_url import connect, map_errors
+from .._resp import Script
 from ..protocol.codecs import json_dumps, json_loads
 from .entries import Entry, canonical_json
 from .store import BeatStore
@@ -46,8 +47,8 @@ def _int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
-def _row(name: str, h: dict[bytes, bytes]) -> Entry:
-    f = {_text(k): _text(v) for k, v in h.items()}
+def _row(name: str, flat: list[bytes]) -> Entry:
+    f = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}  # HGETALL's reply
     return Entry(name=name, task=f["task"], schedule_dict=json.loads(f["schedule"]),
                  args=json_loads(f["args"]), kwargs=json_loads(f["kwargs"]), options=json_loads(f["options"]),
                  enabled=f.get("enabled") == "1", source=f.get("source", "api"), next_run=int(f["next_run"]),
@@ -68,8 +69,7 @@ class RedisBeatStore(BeatStore):
         self.conn = connect(url, opts)
         self.client = self.conn.client
         self.where = f"Redis beat store at {self.conn.where}"
-        self._scripts = {name: self.client.register_script((_HERE / f"redis_beat_{name}.lua").read_text())
-                         for name in _SCRIPTS}
+        self._scripts = {name: Script((_HERE / f"redis_beat_{name}.lua").read_text()) for name in _SCRIPTS}
 
     def describe(self) -> str:
         return f"redis {self.conn.where} (keys {self.prefix}celeriac.beat.*)"
@@ -85,16 +85,13 @@ class RedisBeatStore(BeatStore):
 
     def _run(self, script: str, keys: list[str], args: list[Any]) -> Any:
         with map_errors(self.where):
-            return self._scripts[script](keys=keys, args=args)
+            return self.client.evalsha(self._scripts[script], keys, args)
 
     def _load(self, names: Sequence[str]) -> list[Entry]:
         if not names:
             return []
         with map_errors(self.where):
-            pipe = self.client.pipeline(transaction=False)
-            for name in names:
-                pipe.hgetall(self._entry_key(name))
-            hashes = pipe.execute()
+            hashes = self.client.pipeline([("HGETALL", self._entry_key(name)) for name in names])
         return [_row(n, h) for n, h in zip(names, hashes, strict=True) if h]
 
     # -- definitions -------------------------------------------------------------
@@ -124,18 +121,18 @@ class RedisBeatStore(BeatStore):
 
     def entries(self) -> list[Entry]:
         with map_errors(self.where):
-            names = sorted(_text(n) for n in self.client.smembers(self._k(NAMES_KEY)))
+            names = sorted(_text(n) for n in self.client.execute("SMEMBERS", self._k(NAMES_KEY)))
         return self._load(names)
 
     def due(self, now: int) -> list[Entry]:
         with map_errors(self.where):
-            names = [_text(n) for n in self.client.zrangebyscore(self._k(DUE_KEY), "-inf", now)]
+            names = [_text(n) for n in self.client.execute("ZRANGEBYSCORE", self._k(DUE_KEY), "-inf", now)]
         return sorted(self._load(names), key=lambda e: (e.next_run, e.name))
 
     def next_due(self) -> int | None:
         with map_errors(self.where):
-            first = self.client.zrange(self._k(DUE_KEY), 0, 0, withscores=True)
-        return int(first[0][1]) if first else None
+            first = self.client.execute("ZRANGE", self._k(DUE_KEY), 0, 0, "WITHSCORES")  # [member, score]
+        return int(float(first[1])) if first else None
 
     # -- ticks -----------------------------------------------------------------
     def _cas(self, mode: str, name: str, expected: int, new_next: int, tick: int = 0, owner: str = "",
@@ -155,7 +152,7 @@ class RedisBeatStore(BeatStore):
 
     def pending(self) -> list[Entry]:
         with map_errors(self.where):
-            names = sorted(_text(n) for n in self.client.smembers(self._k(PENDING_KEY)))
+            names = sorted(_text(n) for n in self.client.execute("SMEMBERS", self._k(PENDING_KEY)))
         return [e for e in self._load(names) if e.pending_tick is not None]
 
     def take_pending(self, name: str, tick: int, old_owner: str, owner: str, now: int) -> bool:
@@ -170,10 +167,8 @@ class RedisBeatStore(BeatStore):
 
     def leader(self, now: int) -> tuple[str, int] | None:
         with map_errors(self.where):
-            pipe = self.client.pipeline(transaction=True)
-            pipe.get(self._k(LEASE_KEY))
-            pipe.pttl(self._k(LEASE_KEY))
-            owner, pttl = pipe.execute()
+            owner, pttl = self.client.pipeline([("GET", self._k(LEASE_KEY)), ("PTTL", self._k(LEASE_KEY))],
+                                               transaction=True)
         if owner is None or pttl is None or pttl < 0:
             return None
         return _text(owner), now + int(pttl) * 1000

@@ -1,15 +1,14 @@
-"""The hot path to Redis: one connection held outside redis-py's pool, commands
-packed here, replies read with the connection's own (hiredis) parser.
+"""The hot path to Redis: one connection held outside the client's pool, commands
+packed once, replies read with a hiredis reader of the lane's own.
 
-redis-py's generic path costs 40-90 µs of Python per call (pool checkout with
-observability counters, argument packing, a pipeline object, retry wrappers, one
-parser call per reply) — as much as the round trip itself on a local server.  A
-single ``delay()`` and a worker's fetch are one round trip each, so that overhead
-was most of their cost.  ``FastLane.call`` sends pre-packed commands and reads
-their replies; nothing about the semantics changes: the same connection class
-(TLS, unix sockets, AUTH/SELECT on connect, Sentinel-managed masters), the same
-socket timeouts, and any error disconnects the connection so that half-read
-replies can never be taken for the next call's.
+A generic client path costs tens of µs of Python per call (pool checkout, argument
+packing, one parser call per reply) — as much as the round trip itself on a local
+server.  A single ``delay()`` and a worker's fetch are one round trip each, so that
+overhead was most of their cost.  ``FastLane.call`` sends pre-packed commands and
+reads their replies; nothing about the semantics changes: the same connection
+(``_resp.Connection``: TLS, unix sockets, AUTH/SELECT on connect, Sentinel-managed
+masters), the same socket timeouts, and any error disconnects the connection so that
+half-read replies can never be taken for the next call's.
 
 One connection per broker object and process, used under a lock; a caller that
 finds it busy (another thread) gets ``None`` and uses the pool as before.
@@ -41,45 +40,10 @@ import weakref
 from collections import deque
 from typing import Any
 
-import redis
-
 from .._fastid import getpid
-
-hiredis: Any
-try:
-    import hiredis
-    from redis._parsers import BaseParser
-    _parse_error: Any = BaseParser.parse_error   # "NOSCRIPT ..." -> NoScriptError, as redis-py does
-except ImportError:  # no hiredis: replies are read through the connection's own parser
-    hiredis = None
-
-
-def _arg(a: Any) -> bytes:
-    if isinstance(a, bytes):
-        return a
-    if isinstance(a, str):
-        return a.encode("utf-8")
-    if isinstance(a, (int, float)) and not isinstance(a, bool):
-        return repr(a).encode()
-    if isinstance(a, (bytearray, memoryview)):
-        return bytes(a)
-    raise TypeError(f"cannot send {type(a).__name__} to Redis")
-
-
-def pack(*args: Any) -> bytes:
-    """One command in RESP: ``*N`` then ``$len`` + bytes per argument."""
-    out = [b"*%d\r\n" % len(args)]
-    append = out.append
-    for a in args:
-        cls = a.__class__
-        b = a.encode("utf-8") if cls is str else a if cls is bytes else _arg(a)
-        append(b"$%d\r\n%b\r\n" % (len(b), b))
-    return b"".join(out)
-
+from .._resp import Client, ConnectionError, ResponseError, TimeoutError, new_reader
 
 _FORK_LOCK = threading.Lock()
-MULTI = pack("MULTI")
-EXEC = pack("EXEC")
 WINDOW = 64                 # unconfirmed commands a lane holds before it reads their replies
 WINDOW_BYTES = 1 << 20      # ... or bytes of them
 # A send first reads the replies that have come (one poll(2), a recv when there are some): a
@@ -90,7 +54,7 @@ logger = logging.getLogger("celeriac.broker")
 _LANES: weakref.WeakSet[FastLane] = weakref.WeakSet()
 
 
-class PublishFailed(redis.exceptions.ResponseError):
+class PublishFailed(ResponseError):
     """Redis refused pipelined publishes (an error reply read after ``delay()`` returned)."""
 
     def __init__(self, failures: list[tuple[str, BaseException]]) -> None:
@@ -112,7 +76,7 @@ def _refusal(replies: list[Any]) -> BaseException | None:
             if isinstance(r, Exception):
                 return r
     elif last is None and len(replies) > 1:
-        return redis.exceptions.ResponseError("transaction aborted (EXEC returned nil)")
+        return ResponseError("transaction aborted (EXEC returned nil)")
     return None
 
 
@@ -145,8 +109,8 @@ class Tags:
 
 
 class FastLane:
-    def __init__(self, client: redis.Redis) -> None:
-        self.pool = client.connection_pool
+    def __init__(self, client: Client) -> None:
+        self.client = client
         self.lock = threading.Lock()
         self.conn: Any = None
         self.pid = 0
@@ -177,33 +141,33 @@ class FastLane:
         conn = self.conn
         if conn is None or self.pid != getpid():
             # a forked child never touches its parent's socket: it takes its own
-            conn = self.conn = self.pool.get_connection()
+            conn = self.conn = self.client.new_connection()
             self.pid = getpid()
-            return conn
-        if conn._sock is None:
             conn.connect()
             return conn
-        if self.pending and conn._sock is not None:
+        if conn.sock is None:
+            conn.connect()
+            return conn
+        if self.pending:
             return conn  # replies are owed on this socket: readable is expected, not stale
-        if self.sock is conn._sock and self.poller is not None:
+        if self.sock is conn.sock and self.poller is not None:
             # our own reader holds no partial reply (every call reads to the end), so a
             # readable socket means EOF or junk: one poll(2), cheaper than can_read()
             stale = bool(self.poller.poll(0))
         else:
             try:
-                stale = conn.can_read()
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError):
+                stale = conn.readable(0)
+            except (OSError, ValueError):
                 stale = True
         if stale:
             # data or EOF waiting on an idle connection: the server went away (restart)
             # or a reply was left unread; start afresh, as the pool does on checkout
-            conn.disconnect()
             conn.connect()
         return conn
 
     def call(self, packed: bytes, replies: int) -> list[Any] | None:
         """Send ``packed`` (``replies`` commands) and return the replies; None when the
-        lane is busy.  Error replies raise (redis.ResponseError and subclasses)."""
+        lane is busy.  Error replies raise (ResponseError and subclasses)."""
         if self.pid != getpid() and self.pid:
             self._after_fork()
         if not self.lock.acquire(blocking=False):
@@ -212,25 +176,7 @@ class FastLane:
             if self.pending:
                 self._confirm()
             conn = self._connection()
-            if hiredis is not None:
-                return self._raw(conn, packed, replies)
-            try:
-                conn.send_packed_command([packed])
-                out = []
-                first_error: BaseException | None = None
-                for _ in range(replies):
-                    try:
-                        out.append(conn.read_response())
-                    except redis.exceptions.ResponseError as exc:
-                        # keep reading: the other replies are on the wire already
-                        first_error = first_error or exc
-                        out.append(exc)
-            except BaseException:
-                conn.disconnect()   # replies may be left unread: never reuse the stream
-                raise
-            if first_error is not None:
-                raise first_error   # every reply was read: the connection stays usable
-            return out
+            return self._raw(conn, packed, replies)
         finally:
             self.lock.release()
 
@@ -246,7 +192,7 @@ class FastLane:
                 if reply is False:
                     n = sock.recv_into(buf)
                     if not n:
-                        raise redis.exceptions.ConnectionError("Connection closed by server.")
+                        raise ConnectionError(f"Connection closed by server {conn.params.address}")
                     reader.feed(buf, 0, n)
                     continue
                 out.append(reply)
@@ -256,26 +202,22 @@ class FastLane:
             self.sock = None
             conn.disconnect()   # replies may be left unread: never reuse the stream
             if isinstance(exc, socket.timeout):
-                raise redis.exceptions.TimeoutError(f"Timeout reading from {conn._host_error()}") from exc
+                raise TimeoutError(f"Timeout reading from {conn.params.address}") from exc
             if isinstance(exc, OSError):
-                raise redis.exceptions.ConnectionError(
-                    f"Error while reading from {conn._host_error()}: {exc.args}") from exc
+                raise ConnectionError(f"Error while reading from {conn.params.address}: {exc}") from exc
             raise
         for reply in out:
-            if isinstance(reply, redis.exceptions.ResponseError):
+            if isinstance(reply, ResponseError):
                 raise reply     # every reply was read: the connection stays usable
         return out
 
     # -- pipelined publishes --------------------------------------------------------
     def send(self, packed: bytes, replies: int, label: str, resend: Any = None) -> bool:
         """Write ``packed`` (``replies`` commands) and return without waiting for the replies;
-        False when the lane is busy (the caller then sends synchronously) or there is no
-        hiredis.  ``label`` names the command in errors (a task id).  The replies that have
+        False when the lane is busy (the caller then sends synchronously).  ``label`` names the command in errors (a task id).  The replies that have
         arrived are read first (no waiting), so a refusal is raised by the next send.
         ``resend``: a function returning a one-reply command to send instead when the
         connection breaks before the reply is read (an idempotent form of ``packed``)."""
-        if hiredis is None:
-            return False
         if self.pid != getpid() and self.pid:
             self._after_fork()
         if not self.lock.acquire(blocking=False):
@@ -283,12 +225,11 @@ class FastLane:
         try:
             conn = self._connection()
             if self.pending:
-                if conn._sock is not self.sock:
+                if conn.sock is not self.sock:
                     self._resend(conn)  # the owed replies were on a socket that is gone
                 elif len(self.pending) >= PEEK_AFTER and self.poller is not None and self.poller.poll(0):
                     self._settle_owed(conn, block=False)
                     if not self.pending and self.poller.poll(0):  # EOF behind the last reply
-                        conn.disconnect()
                         conn.connect()
             sock = self._socket(conn)
             self.pending.append((packed, replies, label, resend))
@@ -309,7 +250,7 @@ class FastLane:
         if self.pid != getpid() or not self.pending:
             return
         if not self.lock.acquire(timeout=5):
-            raise redis.exceptions.TimeoutError("the connection is busy: publishes left unconfirmed")
+            raise TimeoutError("the connection is busy: publishes left unconfirmed")
         try:
             if self.pending:
                 self._confirm()
@@ -317,10 +258,10 @@ class FastLane:
             self.lock.release()
 
     def _socket(self, conn: Any) -> Any:
-        sock = conn._sock
+        sock = conn.sock
         if sock is not self.sock:  # a new connection: a new reader (nothing half-read)
             self.sock = sock
-            self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=False)
+            self.reader = new_reader()
             self.partial = []
             self.poller = None
             if hasattr(select, "poll") and not hasattr(sock, "pending"):  # TLS may buffer: can_read()
@@ -331,7 +272,7 @@ class FastLane:
     def _confirm(self) -> None:
         """Under the lock: read every owed reply."""
         conn = self.conn
-        if conn is None or conn._sock is None or conn._sock is not self.sock:
+        if conn is None or conn.sock is None or conn.sock is not self.sock:
             self._resend(conn)
         else:
             self._settle_owed(conn, block=True)
@@ -342,7 +283,7 @@ class FastLane:
         failures: list[tuple[str, BaseException]] = []
         try:
             self._consume(self.sock, block, failures)
-        except (OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except (OSError, ConnectionError):
             self._resend(conn, failures)
             return
         if failures:
@@ -388,15 +329,15 @@ class FastLane:
         failures = [] if failures is None else failures
         if self.sock is not None and self.poller is not None and self.pending:
             # what arrived before it broke confirms its commands; the read then fails, as expected
-            with contextlib.suppress(OSError, redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            with contextlib.suppress(OSError, ConnectionError):
                 self._consume(self.sock, False, failures)
         # fate unknown: sent, no reply read; the idempotent form where there is one
         items = [(r(), 1, label, None) if r is not None else (p, n, label, None)
                  for p, n, label, r in self.pending]
         self._drop(conn)
         try:
-            conn = self.conn = self.pool.get_connection() if conn is None else conn
-            if conn._sock is None:
+            conn = self.conn = self.client.new_connection() if conn is None else conn
+            if conn.sock is None:
                 conn.connect()
             sock = self._socket(conn)
             self.pending.extend(items)
@@ -407,7 +348,7 @@ class FastLane:
         except BaseException as exc:
             self._drop(conn)
             labels = ", ".join(label for _, _, label, _ in items[:10])
-            raise redis.exceptions.ConnectionError(
+            raise ConnectionError(
                 f"Lost the connection to Redis with {len(items)} published message(s) unconfirmed "
                 f"({labels}), and could not send them again: {exc}") from exc
         if items:
@@ -424,97 +365,4 @@ class FastLane:
         with self.lock:
             conn, self.conn = self.conn, None
             if conn is not None and self.pid == getpid():
-                try:
-                    self.pool.release(conn)
-                except Exception:
-                    pass
-
-
-class RawPubSub:
-    """The part of redis-py's ``PubSub`` the result listener uses (subscribe, unsubscribe,
-    get_message, close, connection), reading the socket with a hiredis reader of its own.
-
-    redis-py's ``get_message`` runs health checks, response callbacks and handler lookups
-    in Python for every message: about 100 µs per message on a small VM, twice on the way
-    of every ``get()`` (the SUBSCRIBE confirmation, then the result).  The connection
-    itself (connect, AUTH, SELECT, TLS, Sentinel) is still redis-py's, from the pool."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.pool = client.connection_pool
-        self.connection: Any = None
-        self.sock: Any = None
-        self.reader: Any = None
-        self.poller: Any = None
-        self.buf = bytearray(65536)
-        self.ready: deque[Any] = deque()
-
-    def _connect(self) -> Any:
-        if self.connection is None:
-            conn = self.pool.get_connection()
-            if conn._sock is None:
-                conn.connect()
-            self.connection, self.sock = conn, conn._sock
-            self.reader = hiredis.Reader(replyError=_parse_error, notEnoughData=False)
-            self.poller = None
-            if hasattr(select, "poll") and not hasattr(self.sock, "pending"):
-                self.poller = select.poll()
-                self.poller.register(self.sock, select.POLLIN | select.POLLPRI)
-        return self.connection
-
-    def _send(self, *args: Any) -> None:
-        self._connect()
-        try:
-            self.sock.sendall(pack(*args))
-        except OSError as exc:
-            raise redis.exceptions.ConnectionError(f"Error writing to the pub/sub connection: {exc}") from exc
-
-    def subscribe(self, *channels: Any) -> None:
-        self._send("SUBSCRIBE", *channels)
-
-    def unsubscribe(self, *channels: Any) -> None:
-        self._send("UNSUBSCRIBE", *channels)
-
-    def get_message(self, timeout: float = 0.0) -> dict[str, Any] | None:
-        """The next message or (un)subscribe confirmation, waiting up to ``timeout`` seconds."""
-        if not self.ready:
-            if self.connection is None:
-                return None
-            self._fill(timeout)
-            if not self.ready:
-                return None
-        reply = self.ready.popleft()
-        if not isinstance(reply, list) or len(reply) < 3:
-            return {"type": "other", "pattern": None, "channel": None, "data": reply}
-        kind = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
-        return {"type": kind, "pattern": None, "channel": reply[1], "data": reply[2]}
-
-    def _fill(self, timeout: float) -> None:
-        reader, sock = self.reader, self.sock
-        while True:
-            reply = reader.gets()
-            if reply is not False:
-                self.ready.append(reply)
-                continue
-            if self.ready:
-                return
-            pending = getattr(sock, "pending", None)   # TLS: bytes already decrypted
-            if not (pending is not None and pending()):
-                if self.poller is not None:
-                    if not self.poller.poll(max(timeout, 0.0) * 1000):
-                        return
-                elif not select.select([sock], [], [], max(timeout, 0.0))[0]:
-                    return
-            try:
-                n = sock.recv_into(self.buf)
-            except OSError as exc:
-                raise redis.exceptions.ConnectionError(f"Error reading the pub/sub connection: {exc}") from exc
-            if not n:
-                raise redis.exceptions.ConnectionError("Connection closed by server.")
-            reader.feed(self.buf, 0, n)
-            timeout = 0.0
-
-    def close(self) -> None:
-        conn, self.connection = self.connection, None
-        self.ready.clear()
-        if conn is not None:
-            conn.disconnect()   # a subscribed connection never goes back to the pool
+                conn.disconnect()

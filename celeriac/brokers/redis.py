@@ -75,12 +75,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from .._redis_url import DEFAULT_SOCKET_TIMEOUT, connect, map_errors
+from .._redis_url import DEFAULT_SOCKET_TIMEOUT, connect, map_errors, same_server
+from .._resp import EXEC, MULTI, NoScriptError, RedisError, ResponseError, Script, pack
 from ..exceptions import DecodeError
 from ..protocol.message import Envelope, from_kombu_json, to_kombu_json
-from ._redis_fast import EXEC, MULTI, FastLane, Tags, pack
+from ._redis_fast import FastLane, Tags
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Broker,
@@ -218,8 +217,8 @@ class RedisBroker(RedisPidboxMixin, Broker):
         })
         if self._layout == RedisBroker._default_layout(self.prefix):
             self._layout = "~" + self.prefix  # redis_lib.lua builds the same table itself
-        # register_script: EVALSHA, and SCRIPT LOAD again on NOSCRIPT (e.g. after a restart)
-        self._scripts = {name: self.client.register_script(_script_text(name)) for name in _SCRIPTS}
+        # EVALSHA, and SCRIPT LOAD again on NOSCRIPT (e.g. after a restart)
+        self._scripts = {name: Script(_script_text(name)) for name in _SCRIPTS}
         self._declared = _DECLARED.setdefault((self.where, self.prefix), set())
         self._next_reclaim = 0.0
         self._rotation = 0
@@ -271,30 +270,27 @@ class RedisBroker(RedisPidboxMixin, Broker):
 
     def _run(self, script: str, args: Sequence[Any]) -> Any:
         with self._errors():
-            return self._scripts[script](args=[self._layout, *args])
+            return self.client.evalsha(self._scripts[script], [], [self._layout, *args])
 
     # -- life cycle --------------------------------------------------------------
     def connect(self) -> None:
         with self._errors():
-            self.client.ping()
+            self.client.execute("PING")
 
     def close(self) -> None:
         self._lane.close()
         self._conn.close()
 
-    def _bind(self, pipe: Any, queue: str) -> None:
+    def _bind(self, queue: str) -> list[tuple[Any, ...]]:
         member = f"{queue}{self.sep}{self.sep}{queue}"
-        pipe.sadd(self._k(BINDING_KEY + queue), member)
-        pipe.sadd(self._k(BINDING_PERMANENT_KEY + queue), member)
+        return [("SADD", self._k(BINDING_KEY + queue), member),
+                ("SADD", self._k(BINDING_PERMANENT_KEY + queue), member)]
 
     def _declare(self, queues: Iterable[str]) -> None:
         new = [q for q in dict.fromkeys(queues) if q not in self._declared]
         if new:
-            pipe = self.client.pipeline(transaction=True)
-            for q in new:
-                self._bind(pipe, q)
             with self._errors():
-                pipe.execute()
+                self.client.pipeline([c for q in new for c in self._bind(q)], transaction=True)
             self._declared.update(new)
 
     def declare_queue(self, name: str) -> None:
@@ -335,7 +331,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
             elif self._lane.send(packed, 5, str(envelope.headers.get("id")),
                                  lambda: self._resend_form(queue, step, body, tag)):
                 return  # pipelined: written now, its reply read later (see _redis_fast.py)
-        except redis.exceptions.RedisError:
+        except RedisError:
             with self._errors():
                 raise
         # another thread holds the lane
@@ -354,9 +350,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         new = [q for q in dict.fromkeys(it.queue for it in items) if q not in self._declared]
         cmds: list[tuple[Any, ...]] = []
         for q in new:
-            member = f"{q}{self.sep}{self.sep}{q}"
-            cmds.append(("SADD", self._k(BINDING_KEY + q), member))
-            cmds.append(("SADD", self._k(BINDING_PERMANENT_KEY + q), member))
+            cmds += self._bind(q)
         ready: dict[str, list[str]] = {}
         touched: dict[str, None] = {}
         tag, step_of, first = self._tag, self._step_of, self.steps[0]
@@ -383,18 +377,15 @@ class RedisBroker(RedisPidboxMixin, Broker):
         """MULTI, the commands, EXEC: one write on the fast lane (a pipeline if it is busy)."""
         try:
             res = self._lane.call(b"".join([MULTI, *(pack(*c) for c in cmds), EXEC]), len(cmds) + 2)
-        except redis.exceptions.RedisError:
+        except RedisError:
             with self._errors():
                 raise
         if res is None:
-            pipe = self.client.pipeline(transaction=True)
-            for c in cmds:
-                pipe.execute_command(*c)
             with self._errors():
-                pipe.execute()
+                self.client.pipeline(cmds, transaction=True)
             return
         for r in res[-1] or ():
-            if isinstance(r, Exception):
+            if isinstance(r, ResponseError):
                 with self._errors():
                     raise r
 
@@ -412,10 +403,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         conn = getattr(backend, "_conn", None)
         if conn is None or getattr(conn, "where", None) != self.where:
             return "acks"
-        mine = self.client.connection_pool.connection_kwargs
-        theirs = conn.client.connection_pool.connection_kwargs
-        same = all(mine.get(k) == theirs.get(k) for k in ("host", "port", "path", "db", "username", "password"))
-        return "all" if same else "acks"
+        return "all" if same_server(self.client, conn.client) else "acks"
 
     def settlement(self, acks: Sequence[Delivery], metas: Sequence[dict[str, Any]], backend: Any) -> RedisSettlement:
         """The settle argument for ``fetch``: ``metas`` only when ``settles_with(backend)`` is "all"."""
@@ -428,10 +416,10 @@ class RedisBroker(RedisPidboxMixin, Broker):
         try:
             try:
                 res = self._lane.call(packed, 1)
-            except redis.exceptions.NoScriptError:  # nothing ran: load it and run again
-                self.client.script_load(script.script)
+            except NoScriptError:  # nothing ran: load it and run again
+                self.client.script_load(script)
                 res = self._lane.call(packed, 1)
-        except redis.exceptions.RedisError:
+        except RedisError:
             with self._errors():
                 raise
         return self._run(name, args) if res is None else res[0]
@@ -503,10 +491,10 @@ class RedisBroker(RedisPidboxMixin, Broker):
         try:
             try:
                 got = self._lane.call(packed, 2)
-            except redis.exceptions.NoScriptError:  # nothing ran (the BRPOP timed out): load it, again
-                self.client.script_load(script.script)
+            except NoScriptError:  # nothing ran (the BRPOP timed out): load it, again
+                self.client.script_load(script)
                 got = self._lane.call(packed, 2)
-        except redis.exceptions.RedisError:
+        except RedisError:
             with self._errors():
                 raise
         if got is None:
@@ -519,11 +507,11 @@ class RedisBroker(RedisPidboxMixin, Broker):
         try:
             if self._lane.call(pack("BRPOP", *bells, round(timeout, 3)), 1) is not None:
                 return
-        except redis.exceptions.RedisError:
+        except RedisError:
             with self._errors():
                 raise
         with self._errors():
-            self.client.brpop(bells, timeout=timeout)
+            self.client.execute("BRPOP", *bells, round(timeout, 3), block=timeout)
 
     def _deliveries(self, flat: Sequence[Any], names: list[str], consumer_id: str) -> list[Delivery]:
         out: list[Delivery] = []
@@ -538,32 +526,29 @@ class RedisBroker(RedisPidboxMixin, Broker):
                                 started=bool(started), raw=consumer_id))
         return out
 
-    def _forget(self, pipe: Any, deliveries: Sequence[Delivery]) -> None:
-        """Queue the commands that drop every trace of delivered messages."""
+    def _forget(self, deliveries: Sequence[Delivery]) -> list[tuple[Any, ...]]:
+        """The commands that drop every trace of delivered messages."""
         tags = [d.tag for d in deliveries]
-        pipe.hdel(self.unacked_key, *tags)
-        pipe.zrem(self.unacked_index_key, *tags)
-        pipe.zrem(self._k(LEASES_KEY), *tags)
-        pipe.hdel(self._k(LEASE_OWNER_KEY), *tags)
-        pipe.hdel(self._k(LEASE_QUEUE_KEY), *tags)
-        pipe.srem(self._k(STARTED_KEY), *tags)
+        cmds: list[tuple[Any, ...]] = [
+            ("HDEL", self.unacked_key, *tags), ("ZREM", self.unacked_index_key, *tags),
+            ("ZREM", self._k(LEASES_KEY), *tags), ("HDEL", self._k(LEASE_OWNER_KEY), *tags),
+            ("HDEL", self._k(LEASE_QUEUE_KEY), *tags), ("SREM", self._k(STARTED_KEY), *tags)]
         by_consumer: dict[str, list[str]] = {}
         by_queue: dict[str, list[str]] = {}
         for d in deliveries:
             by_consumer.setdefault(str(d.raw), []).append(d.tag)
             by_queue.setdefault(d.queue, []).append(d.tag)
         for consumer, ts in by_consumer.items():
-            pipe.srem(self._k(CONSUMER_LEASES_PREFIX + consumer), *ts)
+            cmds.append(("SREM", self._k(CONSUMER_LEASES_PREFIX + consumer), *ts))
         for queue, ts in by_queue.items():
-            pipe.srem(self._k(QUEUE_LEASED_PREFIX + queue), *ts)
+            cmds.append(("SREM", self._k(QUEUE_LEASED_PREFIX + queue), *ts))
+        return cmds
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
         ds = list(deliveries)
         if ds:
-            pipe = self.client.pipeline(transaction=True)
-            self._forget(pipe, ds)
             with self._errors():
-                pipe.execute()
+                self.client.pipeline(self._forget(ds), transaction=True)
 
     def _redelivered_json(self, d: Delivery) -> str:
         info = d.envelope.properties.get("delivery_info")
@@ -595,16 +580,14 @@ class RedisBroker(RedisPidboxMixin, Broker):
 
     def leased(self, consumer_id: str) -> list[Delivery]:
         with self._errors():
-            tags = sorted(_text(t) for t in self.client.smembers(self._k(CONSUMER_LEASES_PREFIX + consumer_id)))
+            tags = sorted(_text(t) for t in self.client.execute(
+                "SMEMBERS", self._k(CONSUMER_LEASES_PREFIX + consumer_id)))
             if not tags:
                 return []
-            pipe = self.client.pipeline(transaction=False)
-            pipe.hmget(self.unacked_key, tags)
-            pipe.hmget(self._k(LEASE_OWNER_KEY), tags)
-            pipe.hmget(self._k(LEASE_QUEUE_KEY), tags)
-            for t in tags:
-                pipe.sismember(self._k(STARTED_KEY), t)
-            stored, owners, queues, *started = pipe.execute()
+            stored, owners, queues, *started = self.client.pipeline([
+                ("HMGET", self.unacked_key, *tags), ("HMGET", self._k(LEASE_OWNER_KEY), *tags),
+                ("HMGET", self._k(LEASE_QUEUE_KEY), *tags),
+                *(("SISMEMBER", self._k(STARTED_KEY), t) for t in tags)])
         out = []
         for tag, value, owner, queue, st in zip(tags, stored, owners, queues, started, strict=True):
             if value is None or owner is None or _text(owner) != consumer_id:
@@ -652,12 +635,12 @@ class RedisBroker(RedisPidboxMixin, Broker):
         if limit <= 0:
             return []
         with self._errors():
-            values = self.client.lrange(self._k(DEAD_LETTERS_KEY), 0, limit - 1)
+            values = self.client.execute("LRANGE", self._k(DEAD_LETTERS_KEY), 0, limit - 1)
         return [dl for dl in map(self._parse_dead, values) if dl is not None]
 
     def replay_dead_letter(self, dead_id: str) -> bool:
         with self._errors():
-            values = self.client.lrange(self._k(DEAD_LETTERS_KEY), 0, -1)
+            values = self.client.execute("LRANGE", self._k(DEAD_LETTERS_KEY), 0, -1)
         for value in values:
             dl = self._parse_dead(value)
             if dl is None or dl.id != dead_id:
@@ -676,13 +659,10 @@ class RedisBroker(RedisPidboxMixin, Broker):
         return int(self._run("purge", [queue]))
 
     def stats(self, queue: str) -> QueueStats:
-        pipe = self.client.pipeline(transaction=False)
-        for step in self.steps:
-            pipe.llen(self.queue_key(queue, step))
-        pipe.zcard(self._k(QUEUE_DELAYED_PREFIX + queue))
-        pipe.scard(self._k(QUEUE_LEASED_PREFIX + queue))
+        cmds: list[tuple[Any, ...]] = [("LLEN", self.queue_key(queue, step)) for step in self.steps]
+        cmds += [("ZCARD", self._k(QUEUE_DELAYED_PREFIX + queue)), ("SCARD", self._k(QUEUE_LEASED_PREFIX + queue))]
         with self._errors():
-            *lengths, delayed, leased = pipe.execute()
+            *lengths, delayed, leased = self.client.pipeline(cmds)
         return QueueStats(ready=sum(lengths), delayed=delayed, leased=leased,
                           extra={"by_priority_step": dict(zip(self.steps, lengths, strict=True))})
 

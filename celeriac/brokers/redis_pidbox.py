@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .._resp import PubSub
 from .base import Subscription
 
 logger = logging.getLogger("celeriac.broker")
@@ -71,7 +72,7 @@ class _PatternSubscription(Subscription):
     def __init__(self, broker: Any, pattern: str) -> None:
         self.broker = broker
         with broker._errors():
-            self.pubsub = broker.client.pubsub(ignore_subscribe_messages=True)
+            self.pubsub = PubSub(broker.client)
             self.pubsub.psubscribe(pattern)
 
     def get(self, timeout: float) -> list[bytes]:
@@ -112,12 +113,11 @@ class _ReplyQueue(Subscription):
         self.member = f"{routing_key}{broker.sep}{broker.sep}{queue}"
         self.binding = broker._k(BINDING_KEY + exchange)
         self.keys = [broker.queue_key(queue, step) for step in broker.steps]
-        pipe = broker.client.pipeline(transaction=True)
-        pipe.sadd(self.binding, self.member)
-        pipe.zadd(broker._k(BINDING_DEADLINES_KEY), {exchange: int(time.time() * 1000) + BINDING_TTL_MS},
-                  gt=True)
         with broker._errors():
-            pipe.execute()
+            broker.client.pipeline([
+                ("SADD", self.binding, self.member),
+                ("ZADD", broker._k(BINDING_DEADLINES_KEY), "GT", int(time.time() * 1000) + BINDING_TTL_MS, exchange),
+            ], transaction=True)
 
     def get(self, timeout: float) -> list[bytes]:
         deadline = time.monotonic() + timeout
@@ -128,11 +128,12 @@ class _ReplyQueue(Subscription):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return []
-                got = client.brpop(self.keys, timeout=max(0.01, min(remaining, MAX_BLOCK)))
+                block = round(max(0.01, min(remaining, MAX_BLOCK)), 3)
+                got = client.execute("BRPOP", *self.keys, block, block=block)
                 if got is not None:
                     raws.append(got[1])
             for key in self.keys:  # whatever else is there already
-                while (more := client.rpop(key)) is not None:
+                while (more := client.execute("RPOP", key)) is not None:
                     raws.append(more)
         out = []
         for raw in raws:
@@ -143,12 +144,9 @@ class _ReplyQueue(Subscription):
 
     def close(self) -> None:
         b = self.broker
-        pipe = b.client.pipeline(transaction=True)
-        pipe.srem(self.binding, self.member)
-        pipe.delete(*self.keys)
         try:
             with b._errors():
-                pipe.execute()
+                b.client.pipeline([("SREM", self.binding, self.member), ("DEL", *self.keys)], transaction=True)
         except Exception as exc:
             logger.warning("Could not delete the reply queue %s: %r", self.queue, exc)
 
@@ -185,7 +183,7 @@ class RedisPidboxMixin:
         expires = time.time() + ttl if ttl else 0
         env = _envelope(payload, {"clock": self._tick(), "expires": expires}, 2, channel, "")
         with self._errors():
-            self.client.publish(self._fanout_channel(channel), env)
+            self.client.execute("PUBLISH", self._fanout_channel(channel), env)
 
     def subscribe_broadcast(self, channel: str) -> Subscription:
         return _PatternSubscription(self, self._fanout_channel(channel).replace("#", "*"))
@@ -200,7 +198,7 @@ class RedisPidboxMixin:
     def reply(self, queue: str, payload: bytes, ticket: str | None = None) -> None:
         routing_key, exchange = self._split_reply_queue(queue)
         with self._errors():
-            members = self.client.smembers(self._k(BINDING_KEY + exchange))
+            members = self.client.execute("SMEMBERS", self._k(BINDING_KEY + exchange))
         targets = []
         for m in members:
             text = m.decode("utf-8", "replace") if isinstance(m, bytes) else m
@@ -211,11 +209,8 @@ class RedisPidboxMixin:
             logger.debug("No reply queue is bound for %s; reply dropped", queue)
             return
         env = _envelope(payload, {"ticket": ticket, "clock": self._tick()}, 1, exchange, routing_key)
-        pipe = self.client.pipeline(transaction=False)
-        for target in targets:
-            pipe.lpush(self.queue_key(target), env)
         with self._errors():
-            pipe.execute()
+            self.client.pipeline([("LPUSH", self.queue_key(target), env) for target in targets])
 
     def subscribe_replies(self, queue: str) -> Subscription:
         routing_key, exchange = self._split_reply_queue(queue)
@@ -227,14 +222,12 @@ class RedisPidboxMixin:
             return
         until = time.time() + expires
         with self._errors():
-            self.client.zadd(self._k(REVOKED_KEY), {t: until for t in task_ids}, gt=True)
+            self.client.execute("ZADD", self._k(REVOKED_KEY), "GT", *(x for t in task_ids for x in (until, t)))
 
     def load_revoked(self) -> list[str]:
         key = self._k(REVOKED_KEY)
         now = time.time()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.zremrangebyscore(key, "-inf", now)
-        pipe.zrangebyscore(key, now, "+inf")
         with self._errors():
-            _, ids = pipe.execute()
+            _, ids = self.client.pipeline([("ZREMRANGEBYSCORE", key, "-inf", now),
+                                           ("ZRANGEBYSCORE", key, now, "+inf")], transaction=True)
         return [i.decode() if isinstance(i, bytes) else i for i in ids]

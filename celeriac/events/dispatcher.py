@@ -76,7 +76,7 @@ class Transport:
             env = Envelope(body, {"hostname": hostname}, {"delivery_mode": 1})
             raw = to_kombu_json(env, self.exchange, routing_key, str(uuid.uuid4()))
             with broker._errors():
-                broker.client.publish(broker._fanout_channel(self.exchange, routing_key), raw)
+                broker.client.execute("PUBLISH", broker._fanout_channel(self.exchange, routing_key), raw)
         elif self._anyone_listening(broker):
             broker.broadcast(self.exchange, body, ttl=self.ttl)
 

@@ -628,12 +628,11 @@ def test_url_parsing():
 
     import ssl
 
-    from redis.connection import SSLConnection
     _, kw = parse_url("rediss://:pw@h:6390/1?ssl_cert_reqs=CERT_NONE")
-    assert kw["connection_class"] is SSLConnection and kw["ssl_cert_reqs"] == ssl.CERT_NONE
+    assert kw["ssl"] is True and kw["ssl_cert_reqs"] == ssl.CERT_NONE
     _, kw = parse_url("redis://h/0", {"ssl": {"ssl_cert_reqs": ssl.CERT_REQUIRED, "ssl_ca_certs": "/ca.pem",
                                               "certfile": "/c.pem", "keyfile": "/k.pem"}})
-    assert kw["connection_class"] is SSLConnection
+    assert kw["ssl"] is True
     assert (kw["ssl_cert_reqs"], kw["ssl_ca_certs"], kw["ssl_certfile"], kw["ssl_keyfile"]) == (
         ssl.CERT_REQUIRED, "/ca.pem", "/c.pem", "/k.pem")
     _, kw = parse_url("unix:///var/run/redis.sock?db=3")
