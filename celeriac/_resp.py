@@ -26,7 +26,6 @@ A forked child never uses its parent's sockets: the pool starts empty in the chi
 from __future__ import annotations
 
 import builtins
-import hashlib
 import select
 import socket
 import threading
@@ -309,12 +308,22 @@ def raise_errors(replies: Sequence[Any]) -> None:
             raise r
 
 
+def _sha1_hex(data: bytes) -> str:
+    """SHA-1 as Redis names scripts.  CPython's own ``_sha1`` when there is one: ``hashlib``
+    loads OpenSSL's libcrypto, about 3.5 MiB in every worker process, for nothing else."""
+    try:
+        from _sha1 import sha1  # type: ignore[import-not-found]
+    except ImportError:
+        from hashlib import sha1
+    return sha1(data).hexdigest()  # type: ignore[no-any-return]
+
+
 class Script:
     """A Lua script run with EVALSHA (SCRIPT LOAD and again on NOSCRIPT)."""
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode("utf-8")).hexdigest()
+        self.sha = _sha1_hex(source.encode("utf-8"))
 
 
 class Client:

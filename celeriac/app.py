@@ -259,9 +259,11 @@ class Celery:
     # -- connections -----------------------------------------------------------
     @property
     def broker_url(self) -> str:
-        from ._sqlite import DEFAULT_URL
         url = self.conf.broker_url or self.conf.get("broker_write_url") or os.environ.get("CELERIAC_BROKER_URL")
-        return url or DEFAULT_URL
+        if url:
+            return str(url)
+        from ._sqlite import DEFAULT_URL  # sqlite3 only when it is used
+        return DEFAULT_URL
 
     @property
     def broker(self) -> Any:

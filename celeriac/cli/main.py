@@ -65,7 +65,35 @@ def guarded(fn: Any) -> Any:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: Commands defined in other modules, imported when named (or listed by --help): a worker
+#: process then never loads what only they need (the demo's tempfile and subprocess, ...).
+_LAZY_COMMANDS = {
+    "demo": ("celeriac.cli.demo", "demo"),
+    "inspect": ("celeriac.cli.control", "inspect"), "control": ("celeriac.cli.control", "control"),
+    "status": ("celeriac.cli.control", "status"),
+    "beat": ("celeriac.cli.beat", "beat"), "schedule": ("celeriac.cli.beat", "schedule"),
+    "events": ("celeriac.cli.events", "events"),
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in _LAZY_COMMANDS:
+            mod_name, attr = _LAZY_COMMANDS[cmd_name]
+            try:
+                module = __import__(mod_name, fromlist=[attr])
+            except ImportError:
+                return None
+            command = getattr(module, attr)
+            self.add_command(command, cmd_name)
+        return command
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-A", "--app", "app_spec", metavar="MODULE", envvar="CELERIAC_APP",
               help="The application: a module (proj), a package with a celery module, or module:attribute.")
 @click.option("-b", "--broker", metavar="URL", help="Broker URL, overriding the app's broker_url.")
@@ -232,22 +260,6 @@ def dead_replay(obj: Ctx, dead_id: str) -> None:
     if not obj.app().broker.replay_dead_letter(dead_id):
         fail(f"No dead letter with id {dead_id}")
     click.echo(f"Replayed {dead_id}.")
-
-
-def _register_optional() -> None:
-    from . import demo
-    cli.add_command(demo.demo)
-    for mod_name, attr in (("celeriac.cli.control", "commands"), ("celeriac.cli.beat", "commands"),
-                           ("celeriac.cli.events", "commands")):
-        try:
-            module = __import__(mod_name, fromlist=[attr])
-        except ImportError:
-            continue
-        for command in getattr(module, attr):
-            cli.add_command(command)
-
-
-_register_optional()
 
 
 def main(argv: list[str] | None = None, app: Any = None) -> None:
