@@ -302,8 +302,7 @@ def connect(url: str, options: dict[str, Any] | None = None) -> RedisConnection:
 def same_server(a: _resp.Client, b: _resp.Client) -> bool:
     """Whether two clients reach the same server and database as the same user."""
     pa, pb = a.params, b.params
-    return all(getattr(pa, k) == getattr(pb, k) for k in ("host", "port", "path", "db", "username", "password")) \
-        and pa.opener is None and pb.opener is None
+    return all(getattr(pa, k) == getattr(pb, k) for k in ("address", "path", "db", "username", "password"))
 
 
 @contextmanager

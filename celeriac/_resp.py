@@ -220,12 +220,14 @@ class Connection:
 
     def readable(self, timeout: float) -> bool:
         """Whether data (or EOF) is waiting, within ``timeout`` seconds."""
-        sock = self.sock
+        sock, poller = self.sock, self.poller
+        if sock is None:   # closed, e.g. by another thread stopping a reader
+            raise ConnectionError(f"The connection to {self.params.address} is closed")
         pending = getattr(sock, "pending", None)
         if pending is not None and pending():
             return True
-        if self.poller is not None:
-            return bool(self.poller.poll(max(timeout, 0.0) * 1000))
+        if poller is not None:
+            return bool(poller.poll(max(timeout, 0.0) * 1000))
         return bool(select.select([sock], [], [], max(timeout, 0.0))[0])
 
     def _lost(self, exc: BaseException, doing: str) -> BaseException:
@@ -290,7 +292,7 @@ class Connection:
             return
         try:
             stale = self.readable(0)
-        except (OSError, ValueError):
+        except (OSError, ValueError, ConnectionError):
             stale = True
         if not stale and self.params.health_check_interval \
                 and time.monotonic() - self.last_used > self.params.health_check_interval:
