@@ -268,6 +268,8 @@ class Connection:
         except BaseException as exc:
             raise self._lost(exc, "reading from") from exc
         self.last_used = time.monotonic()
+        if read_only(out):
+            self.disconnect()
         return out
 
     def call(self, packed: bytes, count: int, block: float | None = None) -> list[Any]:
@@ -302,6 +304,12 @@ class Connection:
                 stale = True
         if stale:
             self.connect()
+
+
+def read_only(replies: Sequence[Any]) -> bool:
+    """Whether a reply says the server is a replica now (a Sentinel failover demoted it):
+    the connection is then closed, and the next one goes to the master found anew."""
+    return any(isinstance(r, ResponseError) and "READONLY" in str(r) for r in replies)
 
 
 def raise_errors(replies: Sequence[Any]) -> None:

@@ -41,7 +41,7 @@ from collections import deque
 from typing import Any
 
 from .._fastid import getpid
-from .._resp import Client, ConnectionError, ResponseError, TimeoutError, new_reader
+from .._resp import Client, ConnectionError, ResponseError, TimeoutError, new_reader, read_only
 
 _FORK_LOCK = threading.Lock()
 WINDOW = 64                 # unconfirmed commands a lane holds before it reads their replies
@@ -208,6 +208,9 @@ class FastLane:
             raise
         for reply in out:
             if isinstance(reply, ResponseError):
+                if read_only(out):  # a demoted master: the next connection finds the new one
+                    self.sock = None
+                    conn.disconnect()
                 raise reply     # every reply was read: the connection stays usable
         return out
 
@@ -287,6 +290,8 @@ class FastLane:
             self._resend(conn, failures)
             return
         if failures:
+            if not self.pending and read_only([exc for _, exc in failures]):
+                self._drop(conn)    # a demoted master: the next connection finds the new one
             raise PublishFailed(failures)
 
     def _consume(self, sock: Any, block: bool, failures: list[tuple[str, BaseException]]) -> None:

@@ -200,3 +200,21 @@ def test_a_server_restart_is_noticed_and_survived(server: Server) -> None:
     server.restart()
     assert c.execute("PING") == b"PONG"  # the idle connection was stale: replaced, not written to
     c.close()
+
+
+def test_a_connection_to_a_demoted_master_is_dropped(server: Server) -> None:
+    """After a failover the old master answers writes with READONLY: that connection is closed,
+    so the next one is opened anew (through Sentinel, to the new master)."""
+    other = Server()
+    c = client(server)
+    try:
+        assert c.execute("PING") == b"PONG"
+        server.raw.execute_command("REPLICAOF", "127.0.0.1", other.port)
+        with pytest.raises(ResponseError, match="READONLY"):
+            c.execute("SET", "k", "v")
+        assert [conn.sock for conn in c._idle] == [None]
+        server.raw.execute_command("REPLICAOF", "NO", "ONE")
+        assert c.execute("SET", "k", "v") == b"OK"
+    finally:
+        c.close()
+        other.kill()
