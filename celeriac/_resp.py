@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import hiredis
 
@@ -230,21 +230,21 @@ class Connection:
             return bool(poller.poll(max(timeout, 0.0) * 1000))
         return bool(select.select([sock], [], [], max(timeout, 0.0))[0])
 
-    def _lost(self, exc: BaseException, doing: str) -> BaseException:
-        self.disconnect()   # replies may be left unread: never reuse the stream
-        if isinstance(exc, RedisError):
-            return exc
+    def _lost(self, exc: BaseException, doing: str) -> NoReturn:
+        """Close the connection (replies may be left unread: never reuse the stream) and
+        raise ``exc``, as one of ours when it is a socket error."""
+        self.disconnect()
         if isinstance(exc, builtins.TimeoutError):
-            return TimeoutError(f"Timeout {doing} {self.params.address}")
+            raise TimeoutError(f"Timeout {doing} {self.params.address}") from exc
         if isinstance(exc, OSError):
-            return ConnectionError(f"Error {doing} {self.params.address}: {exc}")
-        return exc
+            raise ConnectionError(f"Error {doing} {self.params.address}: {exc}") from exc
+        raise exc
 
     def send(self, data: bytes) -> None:
         try:
             self.sock.sendall(data)
         except BaseException as exc:
-            raise self._lost(exc, "writing to") from exc
+            self._lost(exc, "writing to")
 
     def read(self, count: int, timeout: float | None = None) -> list[Any]:
         """``count`` replies (error replies as ResponseError values).  ``timeout`` replaces the
@@ -266,7 +266,7 @@ class Connection:
             if timeout is not None:
                 sock.settimeout(self.params.socket_timeout)
         except BaseException as exc:
-            raise self._lost(exc, "reading from") from exc
+            self._lost(exc, "reading from")
         self.last_used = time.monotonic()
         if read_only(out):
             self.disconnect()
