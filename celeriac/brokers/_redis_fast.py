@@ -117,7 +117,7 @@ class FastLane:
         self.sock: Any = None       # the connection's socket the reader below belongs to
         self.reader: Any = None
         self.poller: Any = None
-        self.buf = bytearray(65536)
+        self.buf: bytearray = bytearray(0)  # the connection's own receive buffer (see _socket)
         # pipelined commands whose replies are unread: (packed, reply count, label)
         # (packed, reply count, label, what to send instead if its fate is unknown, or None)
         self.pending: deque[tuple[bytes, int, str, Any]] = deque()
@@ -264,6 +264,7 @@ class FastLane:
         sock = conn.sock
         if sock is not self.sock:  # a new connection: a new reader (nothing half-read)
             self.sock = sock
+            self.buf = conn.buf
             self.reader = new_reader()
             self.partial = []
             self.poller = None
