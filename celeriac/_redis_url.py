@@ -27,6 +27,7 @@ process).  redis-py, imported only then, opens TLS connections (``rediss://``,
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -260,6 +261,37 @@ def _params(kw: dict[str, Any], **extra: Any) -> _resp.Params:
     return _resp.Params(**{k: kw[k] for k in names if k in kw}, **extra)
 
 
+class _SentinelMaster:
+    """Where a Sentinel-managed master is now, asked of the sentinels (redis-py) at each connect."""
+
+    def __init__(self, kw: dict[str, Any], where: str) -> None:
+        self.kw, self.where = kw, where
+        self.lock = threading.Lock()
+        self.sentinel: Any = None
+
+    def address(self) -> tuple[str, int]:
+        import redis
+        from redis.sentinel import Sentinel
+
+        kw, mkw = self.kw, self.kw["master_kwargs"]
+        with self.lock:
+            if self.sentinel is None:
+                self.sentinel = Sentinel(kw["hosts"], sentinel_kwargs={
+                    "socket_timeout": mkw["socket_timeout"],
+                    "socket_connect_timeout": mkw["socket_connect_timeout"], **kw["sentinel_kwargs"]})
+            sentinel = self.sentinel
+        try:
+            return sentinel.discover_master(kw["master_name"])  # type: ignore[no-any-return]
+        except redis.exceptions.RedisError as exc:
+            raise _resp.ConnectionError(f"{self.where}: {type(exc).__name__}: {exc}") from exc
+
+    def close(self) -> None:
+        with self.lock:
+            sentinel, self.sentinel = self.sentinel, None
+        if sentinel is not None:
+            sentinel.close()
+
+
 def connect(url: str, options: dict[str, Any] | None = None) -> RedisConnection:
     """A client for ``url``; connections open lazily, on first use."""
     kind, kw = parse_url(url, options)
@@ -268,27 +300,9 @@ def connect(url: str, options: dict[str, Any] | None = None) -> RedisConnection:
         hosts = ",".join(f"{h}:{p}" for h, p in kw["hosts"])
         db = int(mkw.get("db", 0))
         where = f"sentinel master {kw['master_name']!r} via {hosts} db {db}"
-        sentinels: list[Any] = []
-
-        def master() -> tuple[str, int]:
-            import redis
-            from redis.sentinel import Sentinel
-
-            if not sentinels:
-                sentinels.append(Sentinel(kw["hosts"], sentinel_kwargs={
-                    "socket_timeout": mkw["socket_timeout"],
-                    "socket_connect_timeout": mkw["socket_connect_timeout"], **kw["sentinel_kwargs"]}))
-            try:
-                return sentinels[0].discover_master(kw["master_name"])  # type: ignore[no-any-return]
-            except redis.exceptions.RedisError as exc:
-                raise _resp.ConnectionError(f"{where}: {type(exc).__name__}: {exc}") from exc
-
-        def close_sentinels() -> None:
-            if sentinels:
-                sentinels.pop().close()
-
-        client = _resp.Client(_params(mkw, opener=_redis_py_opener(mkw, master), address=where))
-        return RedisConnection(client, where, db, [client.close, close_sentinels])
+        sentinel = _SentinelMaster(kw, where)
+        client = _resp.Client(_params(mkw, opener=_redis_py_opener(mkw, sentinel.address), address=where))
+        return RedisConnection(client, where, db, [client.close, sentinel.close])
     db = int(kw.get("db", 0))
     if "path" in kw:
         where = f"unix://{kw['path']}?db={db}"
