@@ -11,10 +11,8 @@ Layout (every key below is preceded by the ``global_keyprefix`` option)::
     unacked                      kombu's hash: tag -> [envelope, exchange, routing key]
     unacked_index                kombu's zset: tag -> time it was taken
     celeriac.leases              zset: tag -> lease expiry (Redis server time)
-    celeriac.lease_owner         hash: tag -> consumer id
-    celeriac.lease_queue         hash: tag -> queue it was popped from
+    celeriac.lease               hash: tag -> "<consumer id>\n<queue it was popped from>"
     celeriac.consumer.<id>       set: the tags a consumer holds (heartbeat, release)
-    celeriac.leased.<Q>          set: the tags leased from Q (stats)
     celeriac.started             set: tags a holder reported as running
     celeriac.delayed             zset: "<step>|<len(Q)>|<Q><envelope>" -> due time
     celeriac.delayed.<Q>         zset: the same members for one queue (stats, purge)
@@ -81,6 +79,7 @@ from .._redis_url import DEFAULT_SOCKET_TIMEOUT, connect, map_errors
 from ..exceptions import DecodeError
 from ..protocol.message import Envelope, from_kombu_json, to_kombu_json
 from ._redis_fast import EXEC, MULTI, FastLane, Tags, pack
+from ._redis_publish import RESEND_SCRIPT, handed, publish_head, publish_tail
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Broker,
@@ -99,15 +98,15 @@ BINDING_PERMANENT_KEY = "_kombu.binding_permanent."
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 LEASES_KEY = "celeriac.leases"
-LEASE_OWNER_KEY = "celeriac.lease_owner"
-LEASE_QUEUE_KEY = "celeriac.lease_queue"
+LEASE_KEY = "celeriac.lease"      # hash: tag -> "<consumer>\n<queue>"
 CONSUMER_LEASES_PREFIX = "celeriac.consumer."
-QUEUE_LEASED_PREFIX = "celeriac.leased."
 STARTED_KEY = "celeriac.started"
 DELAYED_KEY = "celeriac.delayed"
 QUEUE_DELAYED_PREFIX = "celeriac.delayed."
 BELL_PREFIX = "celeriac.bell."
 WAKE_PREFIX = "celeriac.wake."     # list: one consumer's own wake-up token (see redis_fetch.lua)
+IDLE_PREFIX = "celeriac.idle."     # zset: consumer -> until when it is idle on Q (hand-off)
+IDLE_OF_KEY = "celeriac.idle_of"   # hash: consumer -> the queue it registered idle on
 DEAD_LETTERS_KEY = "celeriac.dead_letters"
 SEQ_KEY = "celeriac.seq"
 BUCKET_PREFIX = "celeriac.bucket."
@@ -118,19 +117,6 @@ DEFAULT_POLLING_INTERVAL = 0.25    # seconds between polls for messages from non
 RECLAIM_INTERVAL = 1.0             # seconds between expired-lease sweeps per broker object
 MIN_BLOCK = 0.01                   # BRPOP rounds to milliseconds, and 0 would block forever
 COALESCE_SECONDS = 0.001           # a busy consumer's pause before a fetch (see fetch)
-
-# A publish sent again after its connection broke with the reply unread: Redis may have run
-# it.  Pushed unless the message is in its list (LPUSH puts new ones first: LPOS finds a recent
-# one early) or leased (kombu's unacked hash has its tag).  One acked in between would be
-# pushed again: that needs a consumer to finish it within the moment the connection broke.
-RESEND_SCRIPT = """
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
-if redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', 100000) then return 0 end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
-return 1
-"""
 
 _HERE = Path(__file__).parent
 _SCRIPTS = ("fetch", "heartbeat", "release", "requeue", "replay", "purge", "tokens", "bury")
@@ -209,9 +195,9 @@ class RedisBroker(RedisPidboxMixin, Broker):
         self._layout = self.layout_json = json.dumps({
             "prefix": self.prefix, "sep": self.sep, "steps": list(self.steps),
             "unacked": self.unacked_key, "unacked_index": self.unacked_index_key,
-            "leases": self._k(LEASES_KEY), "lease_owner": self._k(LEASE_OWNER_KEY),
-            "lease_queue": self._k(LEASE_QUEUE_KEY), "started": self._k(STARTED_KEY),
-            "consumer_prefix": self._k(CONSUMER_LEASES_PREFIX), "leased_prefix": self._k(QUEUE_LEASED_PREFIX),
+            "leases": self._k(LEASES_KEY), "lease": self._k(LEASE_KEY),
+            "started": self._k(STARTED_KEY), "consumer_prefix": self._k(CONSUMER_LEASES_PREFIX),
+            "wake_prefix": self._k(WAKE_PREFIX), "idle_prefix": self._k(IDLE_PREFIX), "idle_of": self._k(IDLE_OF_KEY),
             "delayed": self._k(DELAYED_KEY), "delayed_prefix": self._k(QUEUE_DELAYED_PREFIX),
             "bell_prefix": self._k(BELL_PREFIX), "binding_prefix": self._k(BINDING_KEY),
             "dead_letters": self._k(DEAD_LETTERS_KEY), "dead_cap": DEAD_LETTER_CAP, "seq": self._k(SEQ_KEY),
@@ -227,7 +213,12 @@ class RedisBroker(RedisPidboxMixin, Broker):
         self._lane = FastLane(self.client)  # the hot path: one held connection, hand-packed commands
         self._tag = Tags()
         self._step_of = {p: self.step_for(p) for p in range(10)}
-        self._publish_keys: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._publish_keys: dict[tuple[str, int, str], tuple[bytes, bytes]] = {}
+        # hand a single publish straight to an idle consumer of its queue (_redis_publish.py)
+        self.handoff = str(opts.get("handoff", True)).lower() not in ("0", "false", "no", "off")
+        self._keys = {"bell": self._k(BELL_PREFIX), "idle": self._k(IDLE_PREFIX), "leases": self._k(LEASES_KEY),
+                      "lease": self._k(LEASE_KEY), "consumer": self._k(CONSUMER_LEASES_PREFIX),
+                      "wake": self._k(WAKE_PREFIX), "idle_of": self._k(IDLE_OF_KEY)}
 
     @staticmethod
     def _default_layout(prefix: str) -> str:
@@ -236,9 +227,9 @@ class RedisBroker(RedisPidboxMixin, Broker):
         return json.dumps({
             "prefix": p, "sep": SEP, "steps": list(DEFAULT_PRIORITY_STEPS),
             "unacked": p + UNACKED_KEY, "unacked_index": p + UNACKED_INDEX_KEY,
-            "leases": p + LEASES_KEY, "lease_owner": p + LEASE_OWNER_KEY,
-            "lease_queue": p + LEASE_QUEUE_KEY, "started": p + STARTED_KEY,
-            "consumer_prefix": p + CONSUMER_LEASES_PREFIX, "leased_prefix": p + QUEUE_LEASED_PREFIX,
+            "leases": p + LEASES_KEY, "lease": p + LEASE_KEY,
+            "started": p + STARTED_KEY, "consumer_prefix": p + CONSUMER_LEASES_PREFIX,
+            "wake_prefix": p + WAKE_PREFIX, "idle_prefix": p + IDLE_PREFIX, "idle_of": p + IDLE_OF_KEY,
             "delayed": p + DELAYED_KEY, "delayed_prefix": p + QUEUE_DELAYED_PREFIX,
             "bell_prefix": p + BELL_PREFIX, "binding_prefix": p + BINDING_KEY,
             "dead_letters": p + DEAD_LETTERS_KEY, "dead_cap": DEAD_LETTER_CAP, "seq": p + SEQ_KEY,
@@ -303,7 +294,9 @@ class RedisBroker(RedisPidboxMixin, Broker):
     # -- producing ---------------------------------------------------------------
     def publish(self, envelope: Envelope, queue: str, *, not_before: float | None = None,
                 exchange: str = "") -> None:
-        """One message: MULTI, LPUSH, ring the doorbell, EXEC, written on the fast lane.
+        """One message, written on the fast lane: ``redis_publish.lua`` (hands it to an idle
+        consumer of the queue, else LPUSH and ring the doorbell; see _redis_publish.py), or
+        with the transport option ``handoff=False`` MULTI, LPUSH, doorbell, EXEC.
 
         Pipelined by default: this returns once the command is written, and its reply is
         read later (a refusal raises ``PublishFailed`` from the next use; a lost connection
@@ -315,24 +308,28 @@ class RedisBroker(RedisPidboxMixin, Broker):
             return
         p = envelope.properties.get("priority")
         step = self._step_of.get(p, 0) if p.__class__ is int else self.steps[0]
-        keys = self._publish_keys.get((queue, step))
+        keys = self._publish_keys.get((queue, step, exchange))
         if keys is None:
-            keys = self._publish_keys[(queue, step)] = (
-                b"*3\r\n$5\r\nLPUSH\r\n" + pack(self.queue_key(queue, step))[4:],
-                pack("LPUSH", self._k(BELL_PREFIX + queue), "1") + pack("LTRIM", self._k(BELL_PREFIX + queue), 0, 0)
-                + EXEC)
+            keys = self._publish_keys[(queue, step, exchange)] = (
+                publish_head(self, queue, step, exchange, self._keys), publish_tail(self, queue))
         tag = self._tag()
         body = to_kombu_json(envelope, exchange, queue, tag).encode()
-        packed = b"".join((MULTI, keys[0], b"$%d\r\n" % len(body), body, b"\r\n", keys[1]))
+        if self.handoff:  # EVAL of redis_publish.lua: hand off, or LPUSH and ring
+            t = tag.encode()
+            packed = b"".join((keys[0], b"$%d\r\n" % len(t), t, b"\r\n$%d\r\n" % len(body), body, b"\r\n"))
+            replies = 1
+        else:
+            packed = b"".join((MULTI, keys[0], b"$%d\r\n" % len(body), body, b"\r\n", keys[1]))
+            replies = 5
         try:
             if self.confirm_publish:
-                res = self._lane.call(packed, 5)
+                res = self._lane.call(packed, replies)  # an error reply raises
                 if res is not None:
-                    for r in res[4] or ():
+                    for r in res[-1] if isinstance(res[-1], list) else ():
                         if isinstance(r, Exception):
                             raise r
                     return
-            elif self._lane.send(packed, 5, str(envelope.headers.get("id")),
+            elif self._lane.send(packed, replies, str(envelope.headers.get("id")),
                                  lambda: self._resend_form(queue, step, body, tag)):
                 return  # pipelined: written now, its reply read later (see _redis_fast.py)
         except redis.exceptions.RedisError:
@@ -480,6 +477,12 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 continue  # only undecodable messages: they were dead-lettered, look again
             streak = 0
             self._recent[consumer_id] = (0, 0)
+            item = handed(woke[1]) if woke is not None and woke[1] else None
+            if item is not None:  # a publisher handed us a message while we were idle
+                got = self._deliveries([item[0], 1, item[2], 0], [item[1]], consumer_id)
+                if got:
+                    return got
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -544,18 +547,13 @@ class RedisBroker(RedisPidboxMixin, Broker):
         pipe.hdel(self.unacked_key, *tags)
         pipe.zrem(self.unacked_index_key, *tags)
         pipe.zrem(self._k(LEASES_KEY), *tags)
-        pipe.hdel(self._k(LEASE_OWNER_KEY), *tags)
-        pipe.hdel(self._k(LEASE_QUEUE_KEY), *tags)
+        pipe.hdel(self._k(LEASE_KEY), *tags)
         pipe.srem(self._k(STARTED_KEY), *tags)
         by_consumer: dict[str, list[str]] = {}
-        by_queue: dict[str, list[str]] = {}
         for d in deliveries:
             by_consumer.setdefault(str(d.raw), []).append(d.tag)
-            by_queue.setdefault(d.queue, []).append(d.tag)
         for consumer, ts in by_consumer.items():
             pipe.srem(self._k(CONSUMER_LEASES_PREFIX + consumer), *ts)
-        for queue, ts in by_queue.items():
-            pipe.srem(self._k(QUEUE_LEASED_PREFIX + queue), *ts)
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
         ds = list(deliveries)
@@ -600,20 +598,20 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 return []
             pipe = self.client.pipeline(transaction=False)
             pipe.hmget(self.unacked_key, tags)
-            pipe.hmget(self._k(LEASE_OWNER_KEY), tags)
-            pipe.hmget(self._k(LEASE_QUEUE_KEY), tags)
+            pipe.hmget(self._k(LEASE_KEY), tags)
             for t in tags:
                 pipe.sismember(self._k(STARTED_KEY), t)
-            stored, owners, queues, *started = pipe.execute()
+            stored, leases, *started = pipe.execute()
         out = []
-        for tag, value, owner, queue, st in zip(tags, stored, owners, queues, started, strict=True):
-            if value is None or owner is None or _text(owner) != consumer_id:
+        for tag, value, held, st in zip(tags, stored, leases, started, strict=True):
+            owner, _, queue = _text(held or b"").partition("\n")
+            if value is None or owner != consumer_id:
                 continue
             try:
                 env = from_kombu_json(json.dumps(json.loads(value)[0]))
             except (ValueError, TypeError, KeyError, IndexError, DecodeError):
                 continue
-            out.append(Delivery(env, _text(queue or b""), tag, self, _redelivered_flag(env), bool(st), consumer_id))
+            out.append(Delivery(env, queue, tag, self, _redelivered_flag(env), bool(st), consumer_id))
         return out
 
     # -- global rate limits ------------------------------------------------------
@@ -680,9 +678,11 @@ class RedisBroker(RedisPidboxMixin, Broker):
         for step in self.steps:
             pipe.llen(self.queue_key(queue, step))
         pipe.zcard(self._k(QUEUE_DELAYED_PREFIX + queue))
-        pipe.scard(self._k(QUEUE_LEASED_PREFIX + queue))
+        pipe.hvals(self._k(LEASE_KEY))  # every lease (as many as prefetched messages): count Q's
         with self._errors():
-            *lengths, delayed, leased = pipe.execute()
+            *lengths, delayed, leases = pipe.execute()
+        suffix = b"\n" + queue.encode("utf-8")
+        leased = sum(1 for v in leases if v.endswith(suffix))
         return QueueStats(ready=sum(lengths), delayed=delayed, leased=leased,
                           extra={"by_priority_step": dict(zip(self.steps, lengths, strict=True))})
 
