@@ -216,3 +216,21 @@ def test_sequential_round_trips_through_an_idle_worker_run_each_task_once(sem: S
         wait_for(lambda: r.hlen(prefix + "unacked") == 0, 10, message="every message acked")
         assert r.llen(prefix + "celery") == 0
 
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads", "asyncio"])
+def test_a_warm_stop_leaves_no_idle_registration_and_a_task_sent_after_it_is_kept(sem: Sem, pool: str):
+    """Whatever the pool, a stopped worker's consumers are released: nothing can be handed
+    to them afterwards, so a task sent then waits on the list for the next worker."""
+    worker = sem.worker("-c", "2", "-P", pool)
+    assert sem.send("add", 1, 2).get(timeout=30) == 3
+    wait_for(lambda: _idle_consumers(sem), 10, message="an idle consumer")
+    assert worker.stop() == 0
+    prefix = sem.broker["options"]["global_keyprefix"]
+    with redis_client() as r:
+        assert r.zcard(prefix + "celeriac.idle.celery") == 0 and r.hlen(prefix + "celeriac.idle_of") == 0
+        res = sem.send("add", 2, 3)
+        wait_for(lambda: r.llen(prefix + "celery") == 1, 5, message="the task on the list")
+        assert r.hlen(prefix + "unacked") == 0
+    sem.worker("-c", "1", "-P", pool)
+    assert res.get(timeout=30) == 5
