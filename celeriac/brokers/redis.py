@@ -18,7 +18,11 @@ Layout (every key below is preceded by the ``global_keyprefix`` option)::
     celeriac.delayed.<Q>         zset: the same members for one queue (stats, purge)
     celeriac.bell.<Q>            list: at most one wake-up token for idle consumers
     celeriac.wake.<consumer>     list: a token that ends the consumer's own BRPOP at once
-                                   (pushed by its fetch when there is work; expires in 60 s)
+                                   (pushed by its fetch when there is work; expires in 60 s),
+                                   or a message a publisher handed it ("h<tag>\n<Q>\n<envelope>")
+    celeriac.idle.<Q>            zset: consumers of Q alone that found nothing -> until when
+                                   they count as idle (hand-off: see _redis_publish.py)
+    celeriac.idle_of             hash: consumer -> "<Q>\n<its lease seconds>" (the same)
     celeriac.dead_letters        list (newest first, capped): JSON dead letters
     celeriac.seq                 counter for made-up tags and dead-letter ids
     celeriac.bucket.<key>        hash {tokens, stamp}: global_rate_limit token buckets
@@ -46,8 +50,9 @@ abandoned more than ``visibility_timeout`` seconds ago (mixed fleets).
 ``visibility_timeout`` (Celery's option, default 3600) is also the lease length
 when ``lease_seconds`` is not given explicitly.
 
-Round trips on the hot path (issue 4): a ``delay()`` is one MULTI (LPUSH, doorbell, EXEC)
-written and read on the broker's fast lane (``_redis_fast.py``: one held connection,
+Round trips on the hot path (issue 4): a ``delay()`` is one ``redis_publish.lua`` call (it
+hands the message to an idle consumer, else LPUSHes it and rings) written and read on the
+broker's fast lane (``_redis_fast.py``: one held connection,
 hand-packed commands).  A worker's batch is one call of ``redis_fetch.lua``, which first
 settles the previous batch: its results (when the result backend is this server and
 database; stored with ``redis_store.lua``'s rules, SET + PUBLISH) and then its acks, all in
@@ -152,6 +157,19 @@ class RedisSettlement:
         """Nothing to do after the script: it published the results itself."""
 
 
+def _layout(p: str, sep: str, steps: Sequence[int], unacked: str, unacked_index: str) -> str:
+    """The key layout the scripts receive (redis_lib.lua): full names, and prefixes."""
+    return json.dumps({
+        "prefix": p, "sep": sep, "steps": list(steps), "unacked": unacked, "unacked_index": unacked_index,
+        "leases": p + LEASES_KEY, "lease": p + LEASE_KEY,
+        "started": p + STARTED_KEY, "consumer_prefix": p + CONSUMER_LEASES_PREFIX,
+        "wake_prefix": p + WAKE_PREFIX, "idle_prefix": p + IDLE_PREFIX, "idle_of": p + IDLE_OF_KEY,
+        "delayed": p + DELAYED_KEY, "delayed_prefix": p + QUEUE_DELAYED_PREFIX,
+        "bell_prefix": p + BELL_PREFIX, "binding_prefix": p + BINDING_KEY,
+        "dead_letters": p + DEAD_LETTERS_KEY, "dead_cap": DEAD_LETTER_CAP, "seq": p + SEQ_KEY,
+    })
+
+
 def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
@@ -192,16 +210,8 @@ class RedisBroker(RedisPidboxMixin, Broker):
         # a blocking read must end well before the socket times out
         socket_timeout = float(opts.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
         self._max_block = min(self.polling_interval, socket_timeout / 2)
-        self._layout = self.layout_json = json.dumps({
-            "prefix": self.prefix, "sep": self.sep, "steps": list(self.steps),
-            "unacked": self.unacked_key, "unacked_index": self.unacked_index_key,
-            "leases": self._k(LEASES_KEY), "lease": self._k(LEASE_KEY),
-            "started": self._k(STARTED_KEY), "consumer_prefix": self._k(CONSUMER_LEASES_PREFIX),
-            "wake_prefix": self._k(WAKE_PREFIX), "idle_prefix": self._k(IDLE_PREFIX), "idle_of": self._k(IDLE_OF_KEY),
-            "delayed": self._k(DELAYED_KEY), "delayed_prefix": self._k(QUEUE_DELAYED_PREFIX),
-            "bell_prefix": self._k(BELL_PREFIX), "binding_prefix": self._k(BINDING_KEY),
-            "dead_letters": self._k(DEAD_LETTERS_KEY), "dead_cap": DEAD_LETTER_CAP, "seq": self._k(SEQ_KEY),
-        })
+        self._layout = self.layout_json = _layout(self.prefix, self.sep, self.steps, self.unacked_key,
+                                                  self.unacked_index_key)
         if self._layout == RedisBroker._default_layout(self.prefix):
             self._layout = "~" + self.prefix  # redis_lib.lua builds the same table itself
         # register_script: EVALSHA, and SCRIPT LOAD again on NOSCRIPT (e.g. after a restart)
@@ -223,17 +233,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
     @staticmethod
     def _default_layout(prefix: str) -> str:
         """The layout JSON of a broker with default options (see redis_lib.lua's "~" form)."""
-        p = prefix
-        return json.dumps({
-            "prefix": p, "sep": SEP, "steps": list(DEFAULT_PRIORITY_STEPS),
-            "unacked": p + UNACKED_KEY, "unacked_index": p + UNACKED_INDEX_KEY,
-            "leases": p + LEASES_KEY, "lease": p + LEASE_KEY,
-            "started": p + STARTED_KEY, "consumer_prefix": p + CONSUMER_LEASES_PREFIX,
-            "wake_prefix": p + WAKE_PREFIX, "idle_prefix": p + IDLE_PREFIX, "idle_of": p + IDLE_OF_KEY,
-            "delayed": p + DELAYED_KEY, "delayed_prefix": p + QUEUE_DELAYED_PREFIX,
-            "bell_prefix": p + BELL_PREFIX, "binding_prefix": p + BINDING_KEY,
-            "dead_letters": p + DEAD_LETTERS_KEY, "dead_cap": DEAD_LETTER_CAP, "seq": p + SEQ_KEY,
-        })
+        return _layout(prefix, SEP, DEFAULT_PRIORITY_STEPS, prefix + UNACKED_KEY, prefix + UNACKED_INDEX_KEY)
 
     # -- keys --------------------------------------------------------------------
     def _k(self, name: str) -> str:

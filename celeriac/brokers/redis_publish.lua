@@ -15,7 +15,8 @@
 -- is taken off the zset and gets the message leased to it exactly as its fetch would
 -- lease it (kombu's unacked hash and index, our lease records), and pushed on its wake
 -- list as "h<tag>\n<queue>\n<envelope>", which ends its BRPOP with the message itself.
--- Returns 2 when handed off, 1 when queued.
+-- Not when the doorbell holds a token (messages published since wait on the list), nor
+-- when the tag is in use.  Returns 2 when handed off, 1 when queued.
 
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 local top = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
@@ -25,7 +26,8 @@ if top[1] then
   if tonumber(top[2]) < now then
     -- the freshest registration lapsed: so did every other
     redis.call('DEL', KEYS[3])
-  elseif redis.call('HEXISTS', KEYS[4], ARGV[6]) == 0 then
+  elseif redis.call('EXISTS', KEYS[2]) == 0 and redis.call('HEXISTS', KEYS[4], ARGV[6]) == 0 then
+    -- (a rung doorbell: messages wait on the list, e.g. a bulk send: they go first)
     local consumer, tag, queue, env = top[1], ARGV[6], ARGV[1], ARGV[7]
     redis.call('ZREM', KEYS[3], consumer)
     redis.call('HSET', KEYS[4], tag, '[' .. env .. ARGV[2])
@@ -42,6 +44,6 @@ if top[1] then
   end
 end
 redis.call('LPUSH', KEYS[1], ARGV[7])
-redis.call('LPUSH', KEYS[2], '1')
-redis.call('LTRIM', KEYS[2], 0, 0)
+-- ring: the doorbell holds at most one token (under load it mostly has one already)
+if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('LPUSH', KEYS[2], '1') end
 return 1

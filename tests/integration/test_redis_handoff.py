@@ -22,6 +22,7 @@ from test_redis_broker import CELERY_MESSAGE, CELERY_TAG
 from test_redis_broker import make as _make
 from test_redis_broker import raw as _raw
 
+from celeriac.brokers import PublishItem
 from celeriac.brokers.redis import RedisBroker
 from celeriac.protocol.message import build_task_message, decode_task_message
 
@@ -173,6 +174,24 @@ def test_a_priority_message_behind_a_handed_one_keeps_its_order(make, raw):
     got = b.fetch(["q"], 4, 0.0, "c1")
     ids = [decode_task_message(d.envelope).id for d in got]
     assert ids == [low.headers["id"], mid.headers["id"], high.headers["id"]]  # kombu: step 0 first
+    b.ack(got)
+
+
+def test_no_hand_off_while_the_doorbell_says_messages_wait(make, raw):
+    """A bulk send since the consumer's last fetch rang the doorbell: the next single
+    publish queues behind it instead of overtaking it."""
+    b = make()
+    b.declare_queue("q")
+    _register_idle(b, "c1")
+    bulk = [env(i) for i in range(3)]
+    b.publish_many([PublishItem(e, "q") for e in bulk])
+    single = env(9)
+    b.publish(single, "q")
+    b._lane.confirm()
+    p = b.prefix
+    assert raw.llen(p + "q") == 4 and not raw.exists(p + "celeriac.wake.c1")
+    got = b.fetch(["q"], 4, 0.0, "c1")
+    assert [decode_task_message(d.envelope).id for d in got] == [e.headers["id"] for e in [*bulk, single]]
     b.ack(got)
 
 
