@@ -44,27 +44,19 @@ return 1
 """
 
 
-def publish_head(b: Any, queue: str, step: int, exchange: str, keys: dict[str, str]) -> bytes:
-    """The packed publish up to its last two arguments (tag, envelope): EVAL of the hand-off
-    script, or with ``handoff`` off a MULTI / LPUSH (its last argument, the envelope, to
-    follow) — see ``publish_tail``."""
+def publish_forms(b: Any, queue: str, step: int, exchange: str, keys: dict[str, str]) -> tuple[bytes, bytes, bytes]:
+    """A publish to ``queue``'s priority ``step``, packed up to its last arguments:
+    (EVAL of the hand-off script, to be followed by the tag and the envelope;
+    MULTI's LPUSH, to be followed by the envelope and then the third: doorbell and EXEC)."""
     qkey = b.queue_key(queue, step)
     bell = keys["bell"] + queue
-    if not b.handoff:
-        return b"*3\r\n$5\r\nLPUSH\r\n" + pack(qkey)[4:]
     args = pack("EVAL", PUBLISH_SCRIPT, 8, qkey, bell, keys["idle"] + queue, b.unacked_key,
                 b.unacked_index_key, keys["leases"], keys["lease"], keys["idle_of"], queue,
                 f", {json.dumps(exchange)}, {json.dumps(queue)}]", keys["consumer"], keys["wake"],
                 b.lease_seconds, "", "")
-    return args[:-12]  # without the two placeholders ("$0\r\n\r\n" each), still counted in "*N"
-
-
-def publish_tail(b: Any, queue: str) -> bytes:
-    """What follows the envelope: the doorbell and EXEC (MULTI form), nothing (hand-off)."""
-    if b.handoff:
-        return b""
-    bell = b._k("celeriac.bell." + queue)
-    return pack("LPUSH", bell, "1") + pack("LTRIM", bell, 0, 0) + pack("EXEC")
+    return (args[:-12],  # without the two placeholders ("$0\r\n\r\n" each), still counted in "*N"
+            b"*3\r\n$5\r\nLPUSH\r\n" + pack(qkey)[4:],
+            pack("LPUSH", bell, "1") + pack("LTRIM", bell, 0, 0) + pack("EXEC"))
 
 
 def handed(value: bytes) -> tuple[str, str, bytes] | None:

@@ -84,7 +84,7 @@ from .._redis_url import DEFAULT_SOCKET_TIMEOUT, connect, map_errors
 from ..exceptions import DecodeError
 from ..protocol.message import Envelope, from_kombu_json, to_kombu_json
 from ._redis_fast import EXEC, MULTI, FastLane, Tags, pack
-from ._redis_publish import RESEND_SCRIPT, handed, publish_head, publish_tail
+from ._redis_publish import RESEND_SCRIPT, handed, publish_forms
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Broker,
@@ -122,6 +122,7 @@ DEFAULT_POLLING_INTERVAL = 0.25    # seconds between polls for messages from non
 RECLAIM_INTERVAL = 1.0             # seconds between expired-lease sweeps per broker object
 MIN_BLOCK = 0.01                   # BRPOP rounds to milliseconds, and 0 would block forever
 COALESCE_SECONDS = 0.001           # a busy consumer's pause before a fetch (see fetch)
+HANDOFF_GAP = 0.0002               # a publish this soon after the previous one does not hand off
 
 _HERE = Path(__file__).parent
 _SCRIPTS = ("fetch", "heartbeat", "release", "requeue", "replay", "purge", "tokens", "bury")
@@ -223,7 +224,8 @@ class RedisBroker(RedisPidboxMixin, Broker):
         self._lane = FastLane(self.client)  # the hot path: one held connection, hand-packed commands
         self._tag = Tags()
         self._step_of = {p: self.step_for(p) for p in range(10)}
-        self._publish_keys: dict[tuple[str, int, str], tuple[bytes, bytes]] = {}
+        self._publish_keys: dict[tuple[str, int, str], tuple[bytes, bytes, bytes]] = {}
+        self._last_publish = 0.0
         # hand a single publish straight to an idle consumer of its queue (_redis_publish.py)
         self.handoff = str(opts.get("handoff", True)).lower() not in ("0", "false", "no", "off")
         self._keys = {"bell": self._k(BELL_PREFIX), "idle": self._k(IDLE_PREFIX), "leases": self._k(LEASES_KEY),
@@ -308,18 +310,22 @@ class RedisBroker(RedisPidboxMixin, Broker):
             return
         p = envelope.properties.get("priority")
         step = self._step_of.get(p, 0) if p.__class__ is int else self.steps[0]
-        keys = self._publish_keys.get((queue, step, exchange))
-        if keys is None:
-            keys = self._publish_keys[(queue, step, exchange)] = (
-                publish_head(self, queue, step, exchange, self._keys), publish_tail(self, queue))
+        forms = self._publish_keys.get((queue, step, exchange))
+        if forms is None:
+            forms = self._publish_keys[(queue, step, exchange)] = publish_forms(self, queue, step, exchange,
+                                                                                self._keys)
         tag = self._tag()
         body = to_kombu_json(envelope, exchange, queue, tag).encode()
-        if self.handoff:  # EVAL of redis_publish.lua: hand off, or LPUSH and ring
+        # In a burst (the previous publish less than HANDOFF_GAP ago) the consumers are busy, or
+        # the doorbell that publish rang wakes them: plain MULTI, cheaper for Redis than the script.
+        now = time.monotonic()
+        alone, self._last_publish = now - self._last_publish >= HANDOFF_GAP, now
+        if self.handoff and alone:  # EVAL of redis_publish.lua: hand off, or LPUSH and ring
             t = tag.encode()
-            packed = b"".join((keys[0], b"$%d\r\n" % len(t), t, b"\r\n$%d\r\n" % len(body), body, b"\r\n"))
+            packed = b"".join((forms[0], b"$%d\r\n" % len(t), t, b"\r\n$%d\r\n" % len(body), body, b"\r\n"))
             replies = 1
         else:
-            packed = b"".join((MULTI, keys[0], b"$%d\r\n" % len(body), body, b"\r\n", keys[1]))
+            packed = b"".join((MULTI, forms[1], b"$%d\r\n" % len(body), body, b"\r\n", forms[2]))
             replies = 5
         try:
             if self.confirm_publish:
