@@ -8,6 +8,9 @@ on its wake list: its BRPOP returns the message itself, which saves the doorbell
 and the fetch script's round trip (two process wake-ups) on a lone task's way.  Messages
 from other producers (a Celery client's plain LPUSH) are fetched as before, and a Celery
 worker sees the handed message where it sees ours: leased, in kombu's unacked hash.
+Not handed either: a publish within ``HANDOFF_GAP`` of the previous one (a burst: plain
+MULTI, cheaper for Redis), while the doorbell holds a token (earlier messages wait), bulk
+sends; and consumers of several queues never register.
 
 Cost: a consumer killed while registered idle (no release by its supervisor) is handed
 at most one message, which is given back when its lease lapses (as for any message a dead
