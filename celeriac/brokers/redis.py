@@ -11,16 +11,18 @@ Layout (every key below is preceded by the ``global_keyprefix`` option)::
     unacked                      kombu's hash: tag -> [envelope, exchange, routing key]
     unacked_index                kombu's zset: tag -> time it was taken
     celeriac.leases              zset: tag -> lease expiry (Redis server time)
-    celeriac.lease_owner         hash: tag -> consumer id
-    celeriac.lease_queue         hash: tag -> queue it was popped from
+    celeriac.lease               hash: tag -> "<consumer id>\n<queue it was popped from>"
     celeriac.consumer.<id>       set: the tags a consumer holds (heartbeat, release)
-    celeriac.leased.<Q>          set: the tags leased from Q (stats)
     celeriac.started             set: tags a holder reported as running
     celeriac.delayed             zset: "<step>|<len(Q)>|<Q><envelope>" -> due time
     celeriac.delayed.<Q>         zset: the same members for one queue (stats, purge)
     celeriac.bell.<Q>            list: at most one wake-up token for idle consumers
     celeriac.wake.<consumer>     list: a token that ends the consumer's own BRPOP at once
-                                   (pushed by its fetch when there is work; expires in 60 s)
+                                   (pushed by its fetch when there is work; expires in 60 s),
+                                   or a message a publisher handed it ("h<tag>\n<Q>\n<envelope>")
+    celeriac.idle.<Q>            zset: consumers of Q alone that found nothing -> until when
+                                   they count as idle (hand-off: see _redis_publish.py)
+    celeriac.idle_of             hash: consumer -> "<Q>\n<its lease seconds>" (the same)
     celeriac.dead_letters        list (newest first, capped): JSON dead letters
     celeriac.seq                 counter for made-up tags and dead-letter ids
     celeriac.bucket.<key>        hash {tokens, stamp}: global_rate_limit token buckets
@@ -48,8 +50,9 @@ abandoned more than ``visibility_timeout`` seconds ago (mixed fleets).
 ``visibility_timeout`` (Celery's option, default 3600) is also the lease length
 when ``lease_seconds`` is not given explicitly.
 
-Round trips on the hot path (issue 4): a ``delay()`` is one MULTI (LPUSH, doorbell, EXEC)
-written and read on the broker's fast lane (``_redis_fast.py``: one held connection,
+Round trips on the hot path (issue 4): a ``delay()`` is one ``redis_publish.lua`` call (it
+hands the message to an idle consumer, else LPUSHes it and rings) written and read on the
+broker's fast lane (``_redis_fast.py``: one held connection,
 hand-packed commands).  A worker's batch is one call of ``redis_fetch.lua``, which first
 settles the previous batch: its results (when the result backend is this server and
 database; stored with ``redis_store.lua``'s rules, SET + PUBLISH) and then its acks, all in
@@ -80,6 +83,7 @@ from .._resp import EXEC, MULTI, NoScriptError, RedisError, ResponseError, Scrip
 from ..exceptions import DecodeError
 from ..protocol.message import Envelope, from_kombu_json, to_kombu_json
 from ._redis_fast import FastLane, Tags
+from ._redis_publish import RESEND_SCRIPT, handed, publish_forms
 from .base import (
     DEFAULT_LEASE_SECONDS,
     Broker,
@@ -98,15 +102,15 @@ BINDING_PERMANENT_KEY = "_kombu.binding_permanent."
 UNACKED_KEY = "unacked"
 UNACKED_INDEX_KEY = "unacked_index"
 LEASES_KEY = "celeriac.leases"
-LEASE_OWNER_KEY = "celeriac.lease_owner"
-LEASE_QUEUE_KEY = "celeriac.lease_queue"
+LEASE_KEY = "celeriac.lease"      # hash: tag -> "<consumer>\n<queue>"
 CONSUMER_LEASES_PREFIX = "celeriac.consumer."
-QUEUE_LEASED_PREFIX = "celeriac.leased."
 STARTED_KEY = "celeriac.started"
 DELAYED_KEY = "celeriac.delayed"
 QUEUE_DELAYED_PREFIX = "celeriac.delayed."
 BELL_PREFIX = "celeriac.bell."
 WAKE_PREFIX = "celeriac.wake."     # list: one consumer's own wake-up token (see redis_fetch.lua)
+IDLE_PREFIX = "celeriac.idle."     # zset: consumer -> until when it is idle on Q (hand-off)
+IDLE_OF_KEY = "celeriac.idle_of"   # hash: consumer -> the queue it registered idle on
 DEAD_LETTERS_KEY = "celeriac.dead_letters"
 SEQ_KEY = "celeriac.seq"
 BUCKET_PREFIX = "celeriac.bucket."
@@ -117,19 +121,7 @@ DEFAULT_POLLING_INTERVAL = 0.25    # seconds between polls for messages from non
 RECLAIM_INTERVAL = 1.0             # seconds between expired-lease sweeps per broker object
 MIN_BLOCK = 0.01                   # BRPOP rounds to milliseconds, and 0 would block forever
 COALESCE_SECONDS = 0.001           # a busy consumer's pause before a fetch (see fetch)
-
-# A publish sent again after its connection broke with the reply unread: Redis may have run
-# it.  Pushed unless the message is in its list (LPUSH puts new ones first: LPOS finds a recent
-# one early) or leased (kombu's unacked hash has its tag).  One acked in between would be
-# pushed again: that needs a consumer to finish it within the moment the connection broke.
-RESEND_SCRIPT = """
-if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
-if redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', 100000) then return 0 end
-redis.call('LPUSH', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[3], '1')
-redis.call('LTRIM', KEYS[3], 0, 0)
-return 1
-"""
+HANDOFF_GAP = 0.0002               # a publish this soon after the previous one does not hand off
 
 _HERE = Path(__file__).parent
 _SCRIPTS = ("fetch", "heartbeat", "release", "requeue", "replay", "purge", "tokens", "bury")
@@ -163,6 +155,19 @@ class RedisSettlement:
 
     def committed(self) -> None:
         """Nothing to do after the script: it published the results itself."""
+
+
+def _layout(p: str, sep: str, steps: Sequence[int], unacked: str, unacked_index: str) -> str:
+    """The key layout the scripts receive (redis_lib.lua): full names, and prefixes."""
+    return json.dumps({
+        "prefix": p, "sep": sep, "steps": list(steps), "unacked": unacked, "unacked_index": unacked_index,
+        "leases": p + LEASES_KEY, "lease": p + LEASE_KEY,
+        "started": p + STARTED_KEY, "consumer_prefix": p + CONSUMER_LEASES_PREFIX,
+        "wake_prefix": p + WAKE_PREFIX, "idle_prefix": p + IDLE_PREFIX, "idle_of": p + IDLE_OF_KEY,
+        "delayed": p + DELAYED_KEY, "delayed_prefix": p + QUEUE_DELAYED_PREFIX,
+        "bell_prefix": p + BELL_PREFIX, "binding_prefix": p + BINDING_KEY,
+        "dead_letters": p + DEAD_LETTERS_KEY, "dead_cap": DEAD_LETTER_CAP, "seq": p + SEQ_KEY,
+    })
 
 
 def _text(value: bytes | str) -> str:
@@ -205,16 +210,8 @@ class RedisBroker(RedisPidboxMixin, Broker):
         # a blocking read must end well before the socket times out
         socket_timeout = float(opts.get("socket_timeout") or DEFAULT_SOCKET_TIMEOUT)
         self._max_block = min(self.polling_interval, socket_timeout / 2)
-        self._layout = self.layout_json = json.dumps({
-            "prefix": self.prefix, "sep": self.sep, "steps": list(self.steps),
-            "unacked": self.unacked_key, "unacked_index": self.unacked_index_key,
-            "leases": self._k(LEASES_KEY), "lease_owner": self._k(LEASE_OWNER_KEY),
-            "lease_queue": self._k(LEASE_QUEUE_KEY), "started": self._k(STARTED_KEY),
-            "consumer_prefix": self._k(CONSUMER_LEASES_PREFIX), "leased_prefix": self._k(QUEUE_LEASED_PREFIX),
-            "delayed": self._k(DELAYED_KEY), "delayed_prefix": self._k(QUEUE_DELAYED_PREFIX),
-            "bell_prefix": self._k(BELL_PREFIX), "binding_prefix": self._k(BINDING_KEY),
-            "dead_letters": self._k(DEAD_LETTERS_KEY), "dead_cap": DEAD_LETTER_CAP, "seq": self._k(SEQ_KEY),
-        })
+        self._layout = self.layout_json = _layout(self.prefix, self.sep, self.steps, self.unacked_key,
+                                                  self.unacked_index_key)
         if self._layout == RedisBroker._default_layout(self.prefix):
             self._layout = "~" + self.prefix  # redis_lib.lua builds the same table itself
         # EVALSHA, and SCRIPT LOAD again on NOSCRIPT (e.g. after a restart)
@@ -226,22 +223,18 @@ class RedisBroker(RedisPidboxMixin, Broker):
         self._lane = FastLane(self.client)  # the hot path: one held connection, hand-packed commands
         self._tag = Tags()
         self._step_of = {p: self.step_for(p) for p in range(10)}
-        self._publish_keys: dict[tuple[str, int], tuple[bytes, bytes]] = {}
+        self._publish_keys: dict[tuple[str, int, str], tuple[bytes, bytes, bytes]] = {}
+        self._last_publish = 0.0
+        # hand a single publish straight to an idle consumer of its queue (_redis_publish.py)
+        self.handoff = str(opts.get("handoff", True)).lower() not in ("0", "false", "no", "off")
+        self._keys = {"bell": self._k(BELL_PREFIX), "idle": self._k(IDLE_PREFIX), "leases": self._k(LEASES_KEY),
+                      "lease": self._k(LEASE_KEY), "consumer": self._k(CONSUMER_LEASES_PREFIX),
+                      "wake": self._k(WAKE_PREFIX), "idle_of": self._k(IDLE_OF_KEY)}
 
     @staticmethod
     def _default_layout(prefix: str) -> str:
         """The layout JSON of a broker with default options (see redis_lib.lua's "~" form)."""
-        p = prefix
-        return json.dumps({
-            "prefix": p, "sep": SEP, "steps": list(DEFAULT_PRIORITY_STEPS),
-            "unacked": p + UNACKED_KEY, "unacked_index": p + UNACKED_INDEX_KEY,
-            "leases": p + LEASES_KEY, "lease_owner": p + LEASE_OWNER_KEY,
-            "lease_queue": p + LEASE_QUEUE_KEY, "started": p + STARTED_KEY,
-            "consumer_prefix": p + CONSUMER_LEASES_PREFIX, "leased_prefix": p + QUEUE_LEASED_PREFIX,
-            "delayed": p + DELAYED_KEY, "delayed_prefix": p + QUEUE_DELAYED_PREFIX,
-            "bell_prefix": p + BELL_PREFIX, "binding_prefix": p + BINDING_KEY,
-            "dead_letters": p + DEAD_LETTERS_KEY, "dead_cap": DEAD_LETTER_CAP, "seq": p + SEQ_KEY,
-        })
+        return _layout(prefix, SEP, DEFAULT_PRIORITY_STEPS, prefix + UNACKED_KEY, prefix + UNACKED_INDEX_KEY)
 
     # -- keys --------------------------------------------------------------------
     def _k(self, name: str) -> str:
@@ -299,7 +292,9 @@ class RedisBroker(RedisPidboxMixin, Broker):
     # -- producing ---------------------------------------------------------------
     def publish(self, envelope: Envelope, queue: str, *, not_before: float | None = None,
                 exchange: str = "") -> None:
-        """One message: MULTI, LPUSH, ring the doorbell, EXEC, written on the fast lane.
+        """One message, written on the fast lane: ``redis_publish.lua`` (hands it to an idle
+        consumer of the queue, else LPUSH and ring the doorbell; see _redis_publish.py), or
+        with the transport option ``handoff=False`` MULTI, LPUSH, doorbell, EXEC.
 
         Pipelined by default: this returns once the command is written, and its reply is
         read later (a refusal raises ``PublishFailed`` from the next use; a lost connection
@@ -311,24 +306,32 @@ class RedisBroker(RedisPidboxMixin, Broker):
             return
         p = envelope.properties.get("priority")
         step = self._step_of.get(p, 0) if p.__class__ is int else self.steps[0]
-        keys = self._publish_keys.get((queue, step))
-        if keys is None:
-            keys = self._publish_keys[(queue, step)] = (
-                b"*3\r\n$5\r\nLPUSH\r\n" + pack(self.queue_key(queue, step))[4:],
-                pack("LPUSH", self._k(BELL_PREFIX + queue), "1") + pack("LTRIM", self._k(BELL_PREFIX + queue), 0, 0)
-                + EXEC)
+        forms = self._publish_keys.get((queue, step, exchange))
+        if forms is None:
+            forms = self._publish_keys[(queue, step, exchange)] = publish_forms(self, queue, step, exchange,
+                                                                                self._keys)
         tag = self._tag()
         body = to_kombu_json(envelope, exchange, queue, tag).encode()
-        packed = b"".join((MULTI, keys[0], b"$%d\r\n" % len(body), body, b"\r\n", keys[1]))
+        # In a burst (the previous publish less than HANDOFF_GAP ago) the consumers are busy, or
+        # the doorbell that publish rang wakes them: plain MULTI, cheaper for Redis than the script.
+        now = time.monotonic()
+        alone, self._last_publish = now - self._last_publish >= HANDOFF_GAP, now
+        if self.handoff and alone:  # EVAL of redis_publish.lua: hand off, or LPUSH and ring
+            t = tag.encode()
+            packed = b"".join((forms[0], b"$%d\r\n" % len(t), t, b"\r\n$%d\r\n" % len(body), body, b"\r\n"))
+            replies = 1
+        else:
+            packed = b"".join((MULTI, forms[1], b"$%d\r\n" % len(body), body, b"\r\n", forms[2]))
+            replies = 5
         try:
             if self.confirm_publish:
-                res = self._lane.call(packed, 5)
+                res = self._lane.call(packed, replies)  # an error reply raises
                 if res is not None:
-                    for r in res[4] or ():
+                    for r in res[-1] if isinstance(res[-1], list) else ():
                         if isinstance(r, Exception):
                             raise r
                     return
-            elif self._lane.send(packed, 5, str(envelope.headers.get("id")),
+            elif self._lane.send(packed, replies, str(envelope.headers.get("id")),
                                  lambda: self._resend_form(queue, step, body, tag)):
                 return  # pipelined: written now, its reply read later (see _redis_fast.py)
         except RedisError:
@@ -468,6 +471,12 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 continue  # only undecodable messages: they were dead-lettered, look again
             streak = 0
             self._recent[consumer_id] = (0, 0)
+            item = handed(woke[1]) if woke is not None and woke[1] else None
+            if item is not None:  # a publisher handed us a message while we were idle
+                got = self._deliveries([item[0], 1, item[2], 0], [item[1]], consumer_id)
+                if got:
+                    return got
+                continue
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return []
@@ -531,17 +540,13 @@ class RedisBroker(RedisPidboxMixin, Broker):
         tags = [d.tag for d in deliveries]
         cmds: list[tuple[Any, ...]] = [
             ("HDEL", self.unacked_key, *tags), ("ZREM", self.unacked_index_key, *tags),
-            ("ZREM", self._k(LEASES_KEY), *tags), ("HDEL", self._k(LEASE_OWNER_KEY), *tags),
-            ("HDEL", self._k(LEASE_QUEUE_KEY), *tags), ("SREM", self._k(STARTED_KEY), *tags)]
+            ("ZREM", self._k(LEASES_KEY), *tags), ("HDEL", self._k(LEASE_KEY), *tags),
+            ("SREM", self._k(STARTED_KEY), *tags)]
         by_consumer: dict[str, list[str]] = {}
-        by_queue: dict[str, list[str]] = {}
         for d in deliveries:
             by_consumer.setdefault(str(d.raw), []).append(d.tag)
-            by_queue.setdefault(d.queue, []).append(d.tag)
         for consumer, ts in by_consumer.items():
             cmds.append(("SREM", self._k(CONSUMER_LEASES_PREFIX + consumer), *ts))
-        for queue, ts in by_queue.items():
-            cmds.append(("SREM", self._k(QUEUE_LEASED_PREFIX + queue), *ts))
         return cmds
 
     def ack(self, deliveries: Iterable[Delivery]) -> None:
@@ -584,19 +589,19 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 "SMEMBERS", self._k(CONSUMER_LEASES_PREFIX + consumer_id)))
             if not tags:
                 return []
-            stored, owners, queues, *started = self.client.pipeline([
-                ("HMGET", self.unacked_key, *tags), ("HMGET", self._k(LEASE_OWNER_KEY), *tags),
-                ("HMGET", self._k(LEASE_QUEUE_KEY), *tags),
+            stored, leases, *started = self.client.pipeline([
+                ("HMGET", self.unacked_key, *tags), ("HMGET", self._k(LEASE_KEY), *tags),
                 *(("SISMEMBER", self._k(STARTED_KEY), t) for t in tags)])
         out = []
-        for tag, value, owner, queue, st in zip(tags, stored, owners, queues, started, strict=True):
-            if value is None or owner is None or _text(owner) != consumer_id:
+        for tag, value, held, st in zip(tags, stored, leases, started, strict=True):
+            owner, _, queue = _text(held or b"").partition("\n")
+            if value is None or owner != consumer_id:
                 continue
             try:
                 env = from_kombu_json(json.dumps(json.loads(value)[0]))
             except (ValueError, TypeError, KeyError, IndexError, DecodeError):
                 continue
-            out.append(Delivery(env, _text(queue or b""), tag, self, _redelivered_flag(env), bool(st), consumer_id))
+            out.append(Delivery(env, queue, tag, self, _redelivered_flag(env), bool(st), consumer_id))
         return out
 
     # -- global rate limits ------------------------------------------------------
@@ -660,9 +665,12 @@ class RedisBroker(RedisPidboxMixin, Broker):
 
     def stats(self, queue: str) -> QueueStats:
         cmds: list[tuple[Any, ...]] = [("LLEN", self.queue_key(queue, step)) for step in self.steps]
-        cmds += [("ZCARD", self._k(QUEUE_DELAYED_PREFIX + queue)), ("SCARD", self._k(QUEUE_LEASED_PREFIX + queue))]
+        # every lease (as many as prefetched messages): count this queue's
+        cmds += [("ZCARD", self._k(QUEUE_DELAYED_PREFIX + queue)), ("HVALS", self._k(LEASE_KEY))]
         with self._errors():
-            *lengths, delayed, leased = self.client.pipeline(cmds)
+            *lengths, delayed, leases = self.client.pipeline(cmds)
+        suffix = b"\n" + queue.encode("utf-8")
+        leased = sum(1 for v in leases if v.endswith(suffix))
         return QueueStats(ready=sum(lengths), delayed=delayed, leased=leased,
                           extra={"by_priority_step": dict(zip(self.steps, lengths, strict=True))})
 

@@ -42,7 +42,11 @@ if #ARGV > at then
   end
   store_results(rkeys, rargs)
 end
-for i = 11 + nq, 10 + nq + na do forget(ARGV[i]) end
+if na > 0 then
+  local acked = {}
+  for i = 11 + nq, 10 + nq + na do acked[#acked + 1] = ARGV[i] end
+  forget_many(acked)
+end
 
 local now = server_now()
 
@@ -83,13 +87,18 @@ if reclaim then
   end
 end
 
--- 3. Take in Celery's BRPOP key order (every step-0 key first): record each
---    message in kombu's unacked hash/index and in our lease structures, and
---    only then pop it, so that a failing command can never lose it.
+-- 3. Take in Celery's BRPOP key order (every step-0 key first): read the oldest
+--    messages of each list (LRANGE from the tail), record them in kombu's unacked
+--    hash/index and in our lease structures (a few variadic commands for the whole
+--    batch), and only then trim them off their lists, so that a failing command can
+--    never lose one.
 local out = {tostring(now), ''}
 local count = 0
 local expiry = now + lease_seconds
 local ckey = C.consumer_prefix .. consumer
+local taken = {}       -- {tag, stored value, raw, queue index} per leased message
+local trims = {}       -- {list key, how many messages to trim off its tail}
+local seen = 0         -- messages read off the lists (leased, or buried when unreadable)
 
 local function lease(raw, qi)
   local queue = queues[qi]
@@ -132,22 +141,39 @@ local function lease(raw, qi)
     end
     exchange, routing_key = cjson.encode(exchange), cjson.encode(routing_key)
   end
-  if type(tag) ~= 'string' or tag == '' or redis.call('HEXISTS', C.unacked, tag) == 1 then
-    -- missing, or already used by a message that is still unacked: make one up
-    tag = (type(tag) == 'string' and tag or 'celeriac') .. '~' .. redis.call('INCR', C.seq)
+  if type(tag) ~= 'string' or tag == '' then tag = false end
+  taken[#taken + 1] = {tag, '[' .. raw .. ', ' .. exchange .. ', ' .. routing_key .. ']', raw, qi}
+end
+
+-- Messages handed to this consumer by publishers while it was registered idle
+-- (redis_publish.lua) that its BRPOP did not return (it timed out first, or woke on a
+-- doorbell): already leased to it; taken first, or given back when it cannot take them
+-- (no room, or it no longer consumes their queue).  Anything else there is a stale token.
+local wkey = C.wake_prefix .. consumer
+local handed = redis.call('LRANGE', wkey, 0, -1)
+if #handed > 0 then
+  redis.call('DEL', wkey)
+  for i = #handed, 1, -1 do                       -- LPUSHed: the oldest is last
+    local h = handed[i]
+    local a = string.byte(h, 1) == 104 and string.find(h, '\n', 2, true)
+    local b = a and string.find(h, '\n', a + 1, true)
+    if b then
+      local tag, queue = string.sub(h, 2, a - 1), string.sub(h, a + 1, b - 1)
+      if split_lease(redis.call('HGET', C.lease, tag)) == consumer then
+        local qi
+        for j = 1, #queues do if queues[j] == queue then qi = j end end
+        if qi and count < max_count then
+          count = count + 1
+          out[#out + 1] = tag
+          out[#out + 1] = qi
+          out[#out + 1] = string.sub(h, b + 1)
+          out[#out + 1] = redis.call('SISMEMBER', C.started, tag)
+        else
+          restore(tag, now)
+        end
+      end
+    end
   end
-  redis.call('HSET', C.unacked, tag, '[' .. raw .. ', ' .. exchange .. ', ' .. routing_key .. ']')
-  redis.call('ZADD', C.unacked_index, now, tag)
-  redis.call('ZADD', C.leases, expiry, tag)
-  redis.call('HSET', C.lease_owner, tag, consumer)
-  redis.call('HSET', C.lease_queue, tag, queue)
-  redis.call('SADD', ckey, tag)
-  redis.call('SADD', C.leased_prefix .. queue, tag)
-  count = count + 1
-  out[#out + 1] = tag
-  out[#out + 1] = qi
-  out[#out + 1] = raw
-  out[#out + 1] = redis.call('SISMEMBER', C.started, tag)
 end
 
 local keys = {}
@@ -155,29 +181,70 @@ for _, step in ipairs(C.steps) do
   for qi = 1, #queues do keys[#keys + 1] = step_key(queues[qi], step) end
 end
 -- one EXISTS first: a consumer that just finished a batch mostly finds nothing
-if max_count > 0 and #keys > 0 and redis.call('EXISTS', unpack(keys)) > 0 then
+local base = count    -- handed messages taken above
+if max_count > base and #keys > 0 and redis.call('EXISTS', unpack(keys)) > 0 then
   for si = 1, #C.steps do
     for qi = 1, #queues do
-      if count >= max_count then break end
+      if seen + base >= max_count then break end
       local key = keys[(si - 1) * #queues + qi]
-      while count < max_count do
-        local raw = redis.call('LINDEX', key, -1)
-        if not raw then break end
-        lease(raw, qi)
-        redis.call('RPOP', key)
+      local msgs = redis.call('LRANGE', key, seen + base - max_count, -1)
+      for i = #msgs, 1, -1 do lease(msgs[i], qi) end     -- the tail first: oldest first
+      if #msgs > 0 then
+        trims[#trims + 1] = {key, #msgs}
+        seen = seen + #msgs
       end
     end
   end
 end
+if #taken > 0 then
+  -- a tag that is missing, or already used by a message still unacked (or earlier in
+  -- this batch), gets one made up
+  local named = {}
+  for _, t in ipairs(taken) do if t[1] then named[#named + 1] = t[1] end end
+  local held = #named > 0 and redis.call('HMGET', C.unacked, unpack(named)) or {}
+  local used, k = {}, 0
+  for _, t in ipairs(taken) do
+    if t[1] then
+      k = k + 1
+      if held[k] or used[t[1]] then t[1] = t[1] .. '~' .. redis.call('INCR', C.seq) end
+    else
+      t[1] = 'celeriac~' .. redis.call('INCR', C.seq)
+    end
+    used[t[1]] = true
+  end
+  local hu, hi, hl, hw, tags = {}, {}, {}, {}, {}
+  for _, t in ipairs(taken) do
+    local tag = t[1]
+    tags[#tags + 1] = tag
+    hu[#hu + 1] = tag; hu[#hu + 1] = t[2]
+    hi[#hi + 1] = now; hi[#hi + 1] = tag
+    hl[#hl + 1] = expiry; hl[#hl + 1] = tag
+    hw[#hw + 1] = tag; hw[#hw + 1] = consumer .. '\n' .. queues[t[4]]
+  end
+  variadic('HSET', C.unacked, hu)
+  variadic('ZADD', C.unacked_index, hi)
+  variadic('ZADD', C.leases, hl)
+  variadic('HSET', C.lease, hw)
+  variadic('SADD', ckey, tags)
+  local any_started = redis.call('EXISTS', C.started) == 1
+  for _, t in ipairs(taken) do
+    count = count + 1
+    out[#out + 1] = t[1]
+    out[#out + 1] = t[4]
+    out[#out + 1] = t[3]
+    out[#out + 1] = any_started and redis.call('SISMEMBER', C.started, t[1]) or 0
+  end
+end
+for _, tr in ipairs(trims) do redis.call('LTRIM', tr[1], 0, -1 - tr[2]) end
 
 -- 4. Doorbells: a drained queue's token is stale, so drop it; a queue with
 --    messages left keeps one token so that the next waiting consumer wakes.
 for qi = 1, #queues do
   local left = 0
-  if count >= max_count then
-    for _, step in ipairs(C.steps) do
-      left = left + redis.call('LLEN', step_key(queues[qi], step))
-    end
+  if seen + base >= max_count then
+    local qkeys = {}
+    for si = 1, #C.steps do qkeys[si] = keys[(si - 1) * #queues + qi] end
+    left = redis.call('EXISTS', unpack(qkeys))
   end
   if left == 0 then
     redis.call('DEL', C.bell_prefix .. queues[qi])
@@ -191,8 +258,23 @@ if first == nil then first = redis.call('ZRANGE', C.delayed, 0, 0, 'WITHSCORES')
 if first[2] then out[2] = first[2] end
 
 -- 6. Wake the caller's BRPOP at once when it has work, or must look again soon.
-if wake ~= '' and (count > 0 or (first[2] and tonumber(first[2]) - now < block)) then
+local woken = wake ~= '' and (count > 0 or (first[2] and tonumber(first[2]) - now < block))
+if woken then
   redis.call('LPUSH', wake, '1')
   redis.call('PEXPIRE', wake, 60000)
+end
+
+-- 7. A consumer of one queue that found nothing and will now block on its wake list
+--    registers as idle until shortly after that block ends, so that the next publish to
+--    the queue hands it the message directly (redis_publish.lua); otherwise it is not idle.
+--    (Consumers of several queues do not register: one message would be handed per queue.)
+if #queues == 1 then
+  local ikey = C.idle_prefix .. queues[1]
+  if wake ~= '' and not woken and max_count > 0 then
+    redis.call('ZADD', ikey, now + block + 1, consumer)
+    redis.call('HSET', C.idle_of, consumer, queues[1] .. '\n' .. ARGV[4])  -- its lease length
+  else
+    redis.call('ZREM', ikey, consumer)
+  end
 end
 return out

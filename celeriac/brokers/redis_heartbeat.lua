@@ -10,13 +10,18 @@ local now = server_now()
 local expiry = now + tonumber(ARGV[3])
 local ckey = C.consumer_prefix .. consumer
 local extended = 0
-for _, tag in ipairs(redis.call('SMEMBERS', ckey)) do
-  if redis.call('HGET', C.lease_owner, tag) == consumer then
-    redis.call('ZADD', C.leases, expiry, tag)
-    redis.call('ZADD', C.unacked_index, 'XX', now, tag)
-    extended = extended + 1
-  else
-    redis.call('SREM', ckey, tag)   -- stale: acked or re-leased by someone else
+local tags = redis.call('SMEMBERS', ckey)
+for i = 1, #tags, 1000 do
+  local part = {unpack(tags, i, math.min(i + 999, #tags))}
+  local values = redis.call('HMGET', C.lease, unpack(part))
+  for j, tag in ipairs(part) do
+    if split_lease(values[j]) == consumer then
+      redis.call('ZADD', C.leases, expiry, tag)
+      redis.call('ZADD', C.unacked_index, 'XX', now, tag)
+      extended = extended + 1
+    else
+      redis.call('SREM', ckey, tag)   -- stale: acked or re-leased by someone else
+    end
   end
 end
 for i = 4, #ARGV do

@@ -15,9 +15,10 @@ if string.byte(ARGV[1], 1) == 126 then
   local p = string.sub(ARGV[1], 2)
   C = {prefix = p, sep = '\6\22', steps = {0, 3, 6, 9},
        unacked = p .. 'unacked', unacked_index = p .. 'unacked_index',
-       leases = p .. 'celeriac.leases', lease_owner = p .. 'celeriac.lease_owner',
-       lease_queue = p .. 'celeriac.lease_queue', started = p .. 'celeriac.started',
-       consumer_prefix = p .. 'celeriac.consumer.', leased_prefix = p .. 'celeriac.leased.',
+       leases = p .. 'celeriac.leases', lease = p .. 'celeriac.lease',
+       started = p .. 'celeriac.started', consumer_prefix = p .. 'celeriac.consumer.',
+       wake_prefix = p .. 'celeriac.wake.', idle_prefix = p .. 'celeriac.idle.',
+       idle_of = p .. 'celeriac.idle_of',
        delayed = p .. 'celeriac.delayed', delayed_prefix = p .. 'celeriac.delayed.',
        bell_prefix = p .. 'celeriac.bell.', binding_prefix = p .. '_kombu.binding.',
        dead_letters = p .. 'celeriac.dead_letters', dead_cap = 10000, seq = p .. 'celeriac.seq'}
@@ -150,15 +151,27 @@ end
 -- ---------------------------------------------------------------------------
 -- Leases.
 
--- Drop our lease records of ``tag``; returns its queue (or false).
+-- A lease record's value "<consumer>\n<queue>" -> consumer, queue (either may be nil).
+local function split_lease(v)
+  if not v then return nil, nil end
+  local i = string.find(v, '\n', 1, true)
+  if not i then return v, nil end
+  return string.sub(v, 1, i - 1), string.sub(v, i + 1)
+end
+
+-- ``cmd key <items...>`` in chunks (a Lua call takes a few thousand arguments at most).
+local function variadic(cmd, key, items)
+  for i = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, i, math.min(i + 999, #items)))
+  end
+end
+
+-- Drop our lease records of ``tag``; returns its queue (or nil).
 local function drop_lease(tag)
-  local owner = redis.call('HGET', C.lease_owner, tag)
-  local queue = redis.call('HGET', C.lease_queue, tag)
+  local owner, queue = split_lease(redis.call('HGET', C.lease, tag))
   redis.call('ZREM', C.leases, tag)
-  redis.call('HDEL', C.lease_owner, tag)
-  redis.call('HDEL', C.lease_queue, tag)
+  redis.call('HDEL', C.lease, tag)
   if owner then redis.call('SREM', C.consumer_prefix .. owner, tag) end
-  if queue then redis.call('SREM', C.leased_prefix .. queue, tag) end
   return queue
 end
 
@@ -200,7 +213,7 @@ end
 -- Returns 1 or 0.
 local function restore(tag, now)
   local stored = redis.call('HGET', C.unacked, tag)
-  local queue = redis.call('HGET', C.lease_queue, tag)
+  local _, queue = split_lease(redis.call('HGET', C.lease, tag))
   local pushed = 0
   if stored then
     local i = string.find(stored, '[^%s]', 2)
@@ -231,10 +244,31 @@ local function restore(tag, now)
   return pushed
 end
 
--- Forget a message for good (ack): kombu's entries and our lease records.
+-- Forget messages for good (ack): kombu's entries and our lease records, a few
+-- variadic commands for the whole list of tags.
+local function forget_many(tags)
+  if #tags == 0 then return end
+  local by_owner = {}
+  for i = 1, #tags, 1000 do
+    local part = {unpack(tags, i, math.min(i + 999, #tags))}
+    local values = redis.call('HMGET', C.lease, unpack(part))
+    for j = 1, #part do
+      local owner = split_lease(values[j])
+      if owner then
+        local ts = by_owner[owner]
+        if not ts then ts = {}; by_owner[owner] = ts end
+        ts[#ts + 1] = part[j]
+      end
+    end
+  end
+  for owner, ts in pairs(by_owner) do variadic('SREM', C.consumer_prefix .. owner, ts) end
+  variadic('ZREM', C.leases, tags)
+  variadic('HDEL', C.lease, tags)
+  variadic('HDEL', C.unacked, tags)
+  variadic('ZREM', C.unacked_index, tags)
+  variadic('SREM', C.started, tags)
+end
+
 local function forget(tag)
-  drop_lease(tag)
-  redis.call('HDEL', C.unacked, tag)
-  redis.call('ZREM', C.unacked_index, tag)
-  redis.call('SREM', C.started, tag)
+  forget_many({tag})
 end

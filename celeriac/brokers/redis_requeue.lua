@@ -12,7 +12,7 @@ local n = 0
 for i = 2, #ARGV - 5, 6 do
   local consumer, tag, queue = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local key, env, due = ARGV[i + 3], ARGV[i + 4], ARGV[i + 5]
-  if redis.call('HGET', C.lease_owner, tag) == consumer then
+  if split_lease(redis.call('HGET', C.lease, tag)) == consumer then
     if redis.call('HEXISTS', C.unacked, tag) == 1 then
       if due == '' then
         redis.call('RPUSH', key, env)

@@ -263,10 +263,11 @@ class AsyncWorkLoop:
             self.consumer.stop()
             await loop.run_in_executor(self._io, self._write, *self._take(), True)
             self.events.flush()
-            if self._cold:
-                with contextlib.suppress(Exception):
-                    await loop.run_in_executor(
-                        self._io, self.app.broker.release_consumer, self.consumer.consumer_id)
+            # cold: give back what the runs held; warm: only what a publisher may have handed
+            # this consumer after its last fetch (Redis hand-off)
+            with contextlib.suppress(Exception):
+                await loop.run_in_executor(
+                    self._io, self.app.broker.release_consumer, self.consumer.consumer_id)
 
     # -- fetching --------------------------------------------------------------
     def _fetch(self, n: int) -> list[tuple[Delivery, Any]]:

@@ -241,9 +241,15 @@ class Worker:
         deadline = None if not self._cold else time.monotonic() + 1.0
         for t in threads:
             t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if self._cold:
-            for loop in self.loops:
+        # cold: give back what the loops held; warm: they settled everything, but a publisher
+        # may have handed a loop a message after its last fetch (Redis hand-off): give it back
+        for loop in self.loops:
+            try:
                 self.app.broker.release_consumer(loop.consumer.consumer_id)
+            except Exception as exc:
+                if self._cold:
+                    raise
+                logger.warning("Could not release consumer %s at shutdown: %r", loop.consumer.consumer_id, exc)
 
     def _run_asyncio(self) -> None:
         from .aio import AsyncWorkLoop

@@ -195,7 +195,7 @@ def test_celery_message_is_fetched_and_recorded_like_kombu(make, raw):
     assert abs(raw.zscore(p + "unacked_index", CELERY_TAG) - t0) < 5
     # and our lease
     assert raw.zscore(p + "celeriac.leases", CELERY_TAG) == pytest.approx(t0 + 30, abs=5)
-    assert raw.hget(p + "celeriac.lease_owner", CELERY_TAG) == b"worker-1"
+    assert raw.hget(p + "celeriac.lease", CELERY_TAG) == b"worker-1\ncelery"
     assert raw.smembers(p + "celeriac.consumer.worker-1") == {CELERY_TAG.encode()}
     assert b.stats("celery").leased == 1
     d.ack()
