@@ -107,9 +107,11 @@ def test_ping_registered_stats_and_queues(env):
 def test_inspect_active_and_reserved(env):
     tmp_path, client = env
     marker = tmp_path / "m"
+    # both queued before the worker starts, so that its first fetch leases both (sent to a
+    # running idle worker, the first alone may be fetched before the second is published)
+    first = client.send_task("capp.long", (30, str(marker)))
+    second = client.send_task("capp.add", (5, 6))
     with WorkerProcess(tmp_path, "capp", "-c", "1", "--prefetch-multiplier", "2", "-n", "w1@%h"):
-        first = client.send_task("capp.long", (30, str(marker)))
-        second = client.send_task("capp.add", (5, 6))
         wait_for(lambda: started(marker), 30, message="long task started")
         active = wait_for(lambda: node(client, command="active"), 20, message="active")
         assert [a["id"] for a in active] == [first.id]
