@@ -96,6 +96,22 @@ def pack(*args: Any) -> bytes:
     return b"".join(out)
 
 
+def pack_strings(*args: str) -> bytes:
+    """``pack(*args)`` for string arguments (many long ones: a bulk LPUSH), in one pass:
+    one ``str.join`` and one encode instead of an encode and a format per argument.
+    When a string is not ASCII (its length in characters is not its length in bytes)
+    it is ``pack``."""
+    lengths = [f"${len(a)}" for a in args]
+    parts = [f"*{len(args)}"] + [""] * (2 * len(args))
+    parts[1::2] = lengths
+    parts[2::2] = args
+    parts.append("")
+    text = "\r\n".join(parts)
+    if not text.isascii():
+        return pack(*args)
+    return text.encode("ascii")
+
+
 MULTI = pack("MULTI")
 EXEC = pack("EXEC")
 
