@@ -99,8 +99,7 @@ def bulk_messages(proto: Envelope, embed: dict[str, Any],
                   calls: Sequence[tuple[Sequence[Any], dict[str, Any]]]) -> BulkMessages | None:
     """The messages of ``calls``, each the prototype's message with its own arguments and a
     new id; None when the prototype cannot be cloned (not plain JSON: see argument_cloner)."""
-    clone = argument_cloner(proto, embed)
-    if clone is None:
+    if proto.content_type != codecs.JSON or proto.headers.get("compression"):
         return None
-    own_root = proto.headers.get("root_id") == proto.headers.get("id")
-    return BulkMessages(proto, clone, kombu_template_split(proto, own_root), embed, calls)
+    split = kombu_template_split(proto, proto.headers.get("root_id") == proto.headers.get("id"))
+    return BulkMessages(proto, argument_cloner(proto, embed, split), split, embed, calls)

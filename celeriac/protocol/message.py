@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -278,18 +279,19 @@ def build_task_message(
     return Envelope(body, headers, properties, content_type, content_encoding)
 
 
-def argument_cloner(proto: Envelope, embed: dict[str, Any]) -> Any:
+def argument_cloner(proto: Envelope, embed: dict[str, Any], split: Any = False) -> Any:
     """For a bulk send: a function ``(args, kwargs, task_id=None) -> Envelope`` making the
     message that ``build_task_message`` would make with the same options and other
     arguments (a new id unless one is given; root_id follows it when the prototype is its
     own root), at a fraction of the cost.  None when the prototype is not plain JSON
-    (compressed, another serializer)."""
+    (compressed, another serializer).  ``split``: kombu_template_split's answer for
+    ``proto``, when the caller has it."""
     if proto.content_type != codecs.JSON or proto.headers.get("compression"):
         return None
     headers, props = proto.headers, proto.properties
     own_root = headers.get("root_id") == headers.get("id")
     dumps = codecs.json_dumps
-    render = _kombu_template(proto, own_root)
+    render = _kombu_template(proto, own_root, split)
 
     def clone(args: Any, kwargs: Any, task_id: str | None = None) -> Envelope:
         if task_id is None:
@@ -320,13 +322,17 @@ SLOTS = ("body", "id", "argsrepr", "kwargsrepr", "exchange", "routing_key", "tag
 _RAW_SLOTS = ("body", "id")
 
 
+_TOKEN = uuid4().replace("-", "")  # marks the slots in a template's text (random: no user text has it)
+_MARK = {name: f"SLOT{_TOKEN}{name}" for name in SLOTS}
+_SLOT_RE = re.compile(f'"SLOT{_TOKEN}({"|".join(SLOTS)})"')
+
+
 def kombu_template_split(proto: Envelope, own_root: bool) -> tuple[list[str], list[str]] | None:
     """to_kombu_json's text for a clone of ``proto`` cut at its per-message values:
     ``(parts, order)``, the text being ``parts[0] + value(order[0]) + parts[1] + ...``
     with each slot's value in its JSON form (quotes included).  None when the
     prototype's text does not split cleanly."""
-    token = uuid4().replace("-", "")
-    mark = {name: f"SLOT{token}{name}" for name in SLOTS}
+    mark = _MARK
     h = dict(proto.headers)
     h["id"] = mark["id"]
     if own_root:
@@ -337,19 +343,9 @@ def kombu_template_split(proto: Envelope, own_root: bool) -> tuple[list[str], li
     text = to_kombu_json(Envelope(b"", h, p, proto.content_type, proto.content_encoding),
                          mark["exchange"], mark["routing_key"], mark["tag"])
     text = text.replace('"body": ""', f'"body": "{mark["body"]}"', 1)
-    parts: list[str] = []
-    order: list[str] = []
-    rest = text
-    while True:
-        hits = [(at, name) for name, m in mark.items() if (at := rest.find(f'"{m}"')) >= 0]
-        if not hits:
-            parts.append(rest)
-            break
-        at, name = min(hits)
-        parts.append(rest[:at])
-        order.append(name)
-        rest = rest[at + len(mark[name]) + 2:]
-    if sorted(set(order)) != sorted(SLOTS) or any(token in part for part in parts):
+    pieces = _SLOT_RE.split(text)
+    parts, order = pieces[0::2], pieces[1::2]
+    if sorted(set(order)) != sorted(SLOTS) or any(_TOKEN in part for part in parts):
         return None
     return parts, order
 
@@ -370,14 +366,16 @@ def percent_form(parts: list[str], order: list[str], fixed: dict[str, str]) -> t
     return "".join(out), names
 
 
-def _kombu_template(proto: Envelope, own_root: bool) -> Any:
+def _kombu_template(proto: Envelope, own_root: bool, split: Any = False) -> Any:
     """to_kombu_json's text for a clone of ``proto``, by filling slots in the prototype's
     text instead of encoding two dicts: ``render(body, id, argsrepr, kwargsrepr, exchange,
     routing_key, tag)``.  None when the prototype's text does not split cleanly."""
-    split = kombu_template_split(proto, own_root)
+    if split is False:
+        split = kombu_template_split(proto, own_root)
     if split is None:
         return None
-    form, names = percent_form(*split, {})
+    parts, order = split
+    form, names = percent_form(parts, order, {})
     pick = itemgetter(*(SLOTS.index(name) for name in names))
     b64 = binascii.b2a_base64
     quote = _quote
