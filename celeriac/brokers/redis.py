@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any
 
 from .._redis_url import DEFAULT_SOCKET_TIMEOUT, connect, map_errors, same_server
-from .._resp import EXEC, MULTI, NoScriptError, RedisError, ResponseError, Script, pack, pack_strings
+from .._resp import EXEC, MULTI, NoScriptError, RedisError, ResponseError, Script, pack, pack_pieces
 from ..exceptions import DecodeError
 from ..protocol.bulk import BulkMessages
 from ..protocol.message import Envelope, from_kombu_json, to_kombu_json
@@ -379,7 +379,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
 
     def publish_bulk(self, batch: BulkMessages, queue: str, exchange: str = "") -> None:
         """The messages of one bulk send: one LPUSH of their kombu JSON (written straight
-        from their arguments, packed in one pass), in one MULTI with the doorbell."""
+        from their arguments), in one MULTI with the doorbell, packed in one copy."""
         p = batch.proto.properties.get("priority")
         step = self._step_of.get(p, self.steps[0]) if p.__class__ is int else self.steps[0]
         payloads = batch.kombu_json(exchange, queue, self._tag.many(len(batch)))
@@ -387,7 +387,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         bell = self._k(BELL_PREFIX + queue)
         push = ("LPUSH", self.queue_key(queue, step), *payloads)
         cmds = [*(c for q in new for c in self._bind(q)), push, ("LPUSH", bell, "1"), ("LTRIM", bell, 0, 0)]
-        self._transaction(cmds, b"".join([MULTI, *(pack(*c) for c in cmds[:-3]), pack_strings(*push),
+        self._transaction(cmds, b"".join([MULTI, *(pack(*c) for c in cmds[:-3]), *pack_pieces(*push),
                                           *(pack(*c) for c in cmds[-2:]), EXEC]))
         self._declared.update(new)
 

@@ -10,7 +10,7 @@ import pytest
 
 from celeriac import Celery
 from celeriac._fastid import uuid4_many
-from celeriac._resp import pack, pack_strings
+from celeriac._resp import pack, pack_pieces
 from celeriac.brokers._redis_fast import Tags
 from celeriac.protocol.bulk import BulkMessages, bulk_messages
 from celeriac.protocol.message import argument_cloner, build_task_message, to_kombu_json
@@ -141,5 +141,5 @@ def test_tags_many_continue_the_sequence() -> None:
 
 
 @pytest.mark.parametrize("args", [("LPUSH", "k", "x" * 100, "y", ""), ("LPUSH", "ké", "é", "b"), ("PING",)])
-def test_pack_strings_is_pack(args: tuple[str, ...]) -> None:
-    assert pack_strings(*args) == pack(*args)
+def test_pack_pieces_are_pack(args: tuple[str, ...]) -> None:
+    assert b"".join(pack_pieces(*args)) == pack(*args)
