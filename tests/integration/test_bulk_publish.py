@@ -113,3 +113,37 @@ def test_bulk_sends_with_options_take_the_general_path(app: Celery) -> None:
         assert env.headers["id"] == result.id and env.headers["h"] == "w"
         assert json.loads(env.body)[2]["callbacks"][0]["task"] == "bp.echo"
     assert {r.id for r in sent}.isdisjoint(r.id for r in due)
+
+
+@pytest.mark.parametrize("lane_busy", [False, True])
+def test_redis_bulk_declares_its_queue_and_works_with_the_lane_busy(lane_busy: bool) -> None:
+    """The first bulk send to a queue binds it (kombu's binding sets) in the same MULTI; with
+    the fast lane held by another thread, the same commands go through the pool."""
+    if not _redis_up():
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}")
+    prefix = f"tb{uuid.uuid4().hex[:10]}:"
+    a = Celery("bulkpub", broker=REDIS_URL, set_as_current=False)
+    a.conf.broker_transport_options = {"global_keyprefix": prefix}
+    echo = a.task(name="bp.echo")(lambda *args, **kwargs: None)
+    r = redis.Redis.from_url(REDIS_URL)
+    queue = f"bq{uuid.uuid4().hex[:6]}"
+    try:
+        lane = a.broker._lane
+        if lane_busy:
+            assert lane.lock.acquire(blocking=False)
+        try:
+            sent = echo.apply_many(CALLS * 3, queue=queue)
+        finally:
+            if lane_busy:
+                lane.lock.release()
+        assert r.exists(f"{prefix}_kombu.binding.{queue}") and r.exists(f"{prefix}_kombu.binding_permanent.{queue}")
+        texts = _stored(a, queue)
+        assert [json.loads(t)["headers"]["id"] for t in texts] == [s.id for s in sent]
+        for text in texts:
+            assert text == _general_text(a, text, {"queue": queue}, queue)
+    finally:
+        a.broker.close()
+        keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            r.delete(*keys)
+        r.close()
