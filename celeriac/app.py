@@ -527,43 +527,9 @@ class Celery:
 
     def send_many(self, task: BaseTask[Any, Any], calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
                   **options: Any) -> list[Any]:
-        """Bulk send: every call in one broker round trip.  Calls differ only in their
-        arguments: the first is built in full, and when the others can be its clones
-        (see _bulk_embed) and none is delayed, they go to the broker together as one
-        ``BulkMessages`` (``broker.publish_bulk``), written straight from the arguments."""
-        from .brokers import PublishItem
-        from .result import AsyncResult
-        self._configure()
-        calls = calls if isinstance(calls, list) else list(calls)
-        if not calls:
-            return []
-        name = task.name or ""
-        if task.typing:
-            check = task._check_arguments
-            for args, kwargs in calls:
-                check(args, kwargs)
-        opts = dict(options)
-        env, queue, not_before = self._message(name, calls[0][0], calls[0][1], None, task, opts)
-        embed = self._bulk_embed(opts)
-        if embed is not None and not_before is None:
-            from .protocol.bulk import bulk_messages
-            batch = bulk_messages(env, embed, calls)
-            if batch is not None:
-                self.broker.publish_bulk(batch, queue)
-                return [AsyncResult(task_id, app=self, task_name=name) for task_id in batch.ids]
-        clone = None
-        if embed is not None:
-            from .protocol.message import argument_cloner
-            clone = argument_cloner(env, embed)
-        items = [PublishItem(env, queue, not_before)]
-        for args, kwargs in calls[1:]:
-            if clone is not None:
-                env = clone(args, kwargs)
-            else:
-                env, queue, not_before = self._message(name, args, kwargs, None, task, dict(options))
-            items.append(PublishItem(env, queue, not_before))
-        self.broker.publish_many(items)
-        return [AsyncResult(it.envelope.headers["id"], app=self, task_name=name) for it in items]
+        """Bulk send: every call in one broker round trip (see _bulk_send.py)."""
+        from ._bulk_send import send_many
+        return send_many(self, task, calls, options)
 
     def _bulk_embed(self, opts: dict[str, Any]) -> dict[str, Any] | None:
         """The embed of messages that can be clones of one built with ``opts``: calls of one
