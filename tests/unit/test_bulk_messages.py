@@ -143,3 +143,21 @@ def test_tags_many_continue_the_sequence() -> None:
 @pytest.mark.parametrize("args", [("LPUSH", "k", "x" * 100, "y", ""), ("LPUSH", "ké", "é", "b"), ("PING",)])
 def test_pack_pieces_are_pack(args: tuple[str, ...]) -> None:
     assert b"".join(pack_pieces(*args)) == pack(*args)
+
+
+def test_without_a_template_the_text_is_encoded_in_full() -> None:
+    """When the prototype's text does not split into a template (kombu_template_split is
+    None), kombu_json encodes each envelope: the same text."""
+    app = _app()
+    proto, queue, _nb = app._message("bm.echo", (0,), {}, None, app.tasks["bm.echo"], {})
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    plain = BulkMessages(proto, argument_cloner(proto, embed, None), None, embed, CALLS)
+    assert all(env.render is None for env in plain.envelopes())
+    templated = BulkMessages(proto, argument_cloner(proto, embed), plain._split, embed, CALLS)
+    templated.ids = plain.ids
+    fast = bulk_messages(proto, embed, CALLS)
+    assert fast is not None
+    fast.ids = plain.ids
+    tags = [f"tag-{i}" for i in range(len(CALLS))]
+    assert plain.kombu_json("", queue, tags) == fast.kombu_json("", queue, tags) == \
+        [to_kombu_json(env, "", queue, tag) for env, tag in zip(templated.envelopes(), tags, strict=True)]
