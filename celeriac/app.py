@@ -527,39 +527,27 @@ class Celery:
 
     def send_many(self, task: BaseTask[Any, Any], calls: Iterable[tuple[Sequence[Any], dict[str, Any]]],
                   **options: Any) -> list[Any]:
-        """Bulk send: every call in one broker round trip."""
-        from .brokers import PublishItem
-        from .result import AsyncResult
-        self._configure()
-        items: list[PublishItem] = []
-        results: list[Any] = []
-        name = task.name or ""
-        clone: Any = False  # the first call is built in full; the others copy it (argument_cloner)
-        for args, kwargs in calls:
-            if task.typing:
-                task._check_arguments(args, kwargs)
-            if clone:
-                env = clone(args, kwargs)
-            else:
-                opts = dict(options)
-                env, queue, not_before = self._message(name, args, kwargs, None, task, opts)
-                if clone is False:
-                    clone = self._bulk_cloner(env, opts)
-            items.append(PublishItem(env, queue, not_before))
-            results.append(AsyncResult(env.headers["id"], app=self, task_name=name))
-        if items:
-            self.broker.publish_many(items)
-        return results
+        """Bulk send: every call in one broker round trip (see _bulk_send.py)."""
+        from ._bulk_send import send_many
+        return send_many(self, task, calls, options)
 
-    def _bulk_cloner(self, env: Any, opts: dict[str, Any]) -> Any:
-        """Calls of one bulk send differ only in their arguments, unless a routing function
-        (it sees the arguments) or explicit headers are involved: then each is built in full."""
+    def _bulk_embed(self, opts: dict[str, Any]) -> dict[str, Any] | None:
+        """The embed of messages that can be clones of one built with ``opts``: calls of one
+        bulk send differ only in their arguments, unless a routing function (it sees the
+        arguments) or explicit headers are involved (None: each is built in full)."""
         router = getattr(self, "_router_cache", None)
         if opts.get("headers") or (router is not None and any(m is None for m, _ in router[1].rules)):
             return None
-        from .protocol.message import argument_cloner
         callbacks, errbacks, chain, chord = self._embed(opts)
-        return argument_cloner(env, {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord})
+        return {"callbacks": callbacks, "errbacks": errbacks, "chain": chain, "chord": chord}
+
+    def _bulk_cloner(self, env: Any, opts: dict[str, Any]) -> Any:
+        """argument_cloner for messages like ``env`` (built with ``opts``), or None."""
+        embed = self._bulk_embed(opts)
+        if embed is None:
+            return None
+        from .protocol.message import argument_cloner
+        return argument_cloner(env, embed)
 
     def AsyncResult(self, id: str, **kwargs: Any) -> Any:
         from .result import AsyncResult

@@ -107,6 +107,14 @@ class Tags:
             self.pid = getpid()
         return f"{self.base}{next(self.counter):012x}"
 
+    def many(self, n: int) -> list[str]:
+        """``n`` tags, as ``n`` calls would make them."""
+        if n <= 0:
+            return []
+        first = self()  # (a new base in a forked child)
+        base, counter = self.base, self.counter
+        return [first, *[f"{base}{next(counter):012x}" for _ in range(n - 1)]]
+
 
 class FastLane:
     def __init__(self, client: Client) -> None:

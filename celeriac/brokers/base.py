@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..exceptions import OperationalError
+from ..protocol.bulk import BulkMessages
 from ..protocol.message import Envelope
 
 DEFAULT_LEASE_SECONDS = 30.0
@@ -122,6 +123,11 @@ class Broker(abc.ABC):
     @abc.abstractmethod
     def publish_many(self, items: Sequence[PublishItem]) -> None:
         """Enqueue every item in one round trip."""
+
+    def publish_bulk(self, batch: BulkMessages, queue: str, exchange: str = "") -> None:
+        """Enqueue the messages of one bulk send (ready now, all to ``queue``) in one
+        round trip.  Brokers that store kombu's JSON write ``batch.kombu_json(...)``."""
+        self.publish_many([PublishItem(env, queue, None, exchange) for env in batch.envelopes()])
 
     # -- consuming -------------------------------------------------------------
     @abc.abstractmethod

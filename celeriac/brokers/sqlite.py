@@ -15,7 +15,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from .._bell import Bell
+from .._fastid import uuid4_many
 from .._sqlite import SQLiteDB, sqlite_path
+from ..protocol.bulk import BulkMessages
 from ..protocol.message import from_kombu_json, to_kombu_json
 from .base import Broker, Capabilities, DeadLetter, Delivery, PublishItem, QueueStats, take_tokens
 from .sqlite_control import SQLiteControlMixin
@@ -119,6 +121,14 @@ class SQLiteBroker(SQLiteControlMixin, Broker):
             state = DELAYED if nb > now else READY
             rows.append((it.queue, state, it.envelope.priority, nb, tag,
                          to_kombu_json(it.envelope, it.exchange, it.queue, tag)))
+        self.db.write(lambda c: c.executemany(Q_INSERT, rows) and None)
+        self.bell.ring()
+
+    def publish_bulk(self, batch: BulkMessages, queue: str, exchange: str = "") -> None:
+        tags = uuid4_many(len(batch))
+        priority = batch.proto.priority
+        rows = [(queue, READY, priority, 0.0, tag, text)
+                for tag, text in zip(tags, batch.kombu_json(exchange, queue, tags), strict=True)]
         self.db.write(lambda c: c.executemany(Q_INSERT, rows) and None)
         self.bell.ring()
 

@@ -9,10 +9,13 @@ stores too.  :class:`TaskMessage` is the decoded view a worker dispatches on.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+import re
 import socket
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from operator import itemgetter
 from typing import Any
 
 from .._fastid import getpid, uuid4
@@ -49,6 +52,7 @@ class Envelope:
         return p if isinstance(p, int) else 0
 
 
+_quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
 _c_make_encoder = getattr(json.encoder, "c_make_encoder", None)
 _fast_encode = (_c_make_encoder(None, json.JSONEncoder().default, json.encoder.encode_basestring_ascii, None,
                                 ": ", ", ", False, False, True) if _c_make_encoder is not None else None)
@@ -275,20 +279,23 @@ def build_task_message(
     return Envelope(body, headers, properties, content_type, content_encoding)
 
 
-def argument_cloner(proto: Envelope, embed: dict[str, Any]) -> Any:
-    """For a bulk send: a function ``(args, kwargs) -> Envelope`` making the message that
-    ``build_task_message`` would make with the same options and other arguments (a new
-    id; root_id follows it when the prototype is its own root), at a fraction of the
-    cost.  None when the prototype is not plain JSON (compressed, another serializer)."""
+def argument_cloner(proto: Envelope, embed: dict[str, Any], split: Any = False) -> Any:
+    """For a bulk send: a function ``(args, kwargs, task_id=None) -> Envelope`` making the
+    message that ``build_task_message`` would make with the same options and other
+    arguments (a new id unless one is given; root_id follows it when the prototype is its
+    own root), at a fraction of the cost.  None when the prototype is not plain JSON
+    (compressed, another serializer).  ``split``: kombu_template_split's answer for
+    ``proto``, when the caller has it."""
     if proto.content_type != codecs.JSON or proto.headers.get("compression"):
         return None
     headers, props = proto.headers, proto.properties
     own_root = headers.get("root_id") == headers.get("id")
     dumps = codecs.json_dumps
-    render = _kombu_template(proto, own_root)
+    render = _kombu_template(proto, own_root, split)
 
-    def clone(args: Any, kwargs: Any) -> Envelope:
-        task_id = uuid4()
+    def clone(args: Any, kwargs: Any, task_id: str | None = None) -> Envelope:
+        if task_id is None:
+            task_id = uuid4()
         args = list(args or ())
         kwargs = dict(kwargs or {})
         h = dict(headers)
@@ -309,13 +316,23 @@ def argument_cloner(proto: Envelope, embed: dict[str, Any]) -> Any:
     return clone
 
 
-def _kombu_template(proto: Envelope, own_root: bool) -> Any:
-    """to_kombu_json's text for a clone of ``proto``, by filling slots in the prototype's
-    text instead of encoding two dicts: ``render(body, id, argsrepr, kwargsrepr, exchange,
-    routing_key, tag)``.  None when the prototype's text does not split cleanly."""
-    token = uuid4().replace("-", "")
-    slots = ["body", "id", "argsrepr", "kwargsrepr", "exchange", "routing_key", "tag"]
-    mark = {name: f"SLOT{token}{name}" for name in slots}
+# The slots of a kombu JSON template, in the order of render()'s arguments.  "body" and
+# "id" are filled in quotes as they are (base64, a UUID); the others are JSON-quoted.
+SLOTS = ("body", "id", "argsrepr", "kwargsrepr", "exchange", "routing_key", "tag")
+_RAW_SLOTS = ("body", "id")
+
+
+_TOKEN = uuid4().replace("-", "")  # marks the slots in a template's text (random: no user text has it)
+_MARK = {name: f"SLOT{_TOKEN}{name}" for name in SLOTS}
+_SLOT_RE = re.compile(f'"SLOT{_TOKEN}({"|".join(SLOTS)})"')
+
+
+def kombu_template_split(proto: Envelope, own_root: bool) -> tuple[list[str], list[str]] | None:
+    """to_kombu_json's text for a clone of ``proto`` cut at its per-message values:
+    ``(parts, order)``, the text being ``parts[0] + value(order[0]) + parts[1] + ...``
+    with each slot's value in its JSON form (quotes included).  None when the
+    prototype's text does not split cleanly."""
+    mark = _MARK
     h = dict(proto.headers)
     h["id"] = mark["id"]
     if own_root:
@@ -326,33 +343,47 @@ def _kombu_template(proto: Envelope, own_root: bool) -> Any:
     text = to_kombu_json(Envelope(b"", h, p, proto.content_type, proto.content_encoding),
                          mark["exchange"], mark["routing_key"], mark["tag"])
     text = text.replace('"body": ""', f'"body": "{mark["body"]}"', 1)
-    parts: list[str] = []
-    order: list[str] = []
-    rest = text
-    while True:
-        hits = [(at, name) for name, m in mark.items() if (at := rest.find(f'"{m}"')) >= 0]
-        if not hits:
-            parts.append(rest)
-            break
-        at, name = min(hits)
-        parts.append(rest[:at])
-        order.append(name)
-        rest = rest[at + len(mark[name]) + 2:]
-    if sorted(set(order)) != sorted(slots) or any(token in part for part in parts):
+    pieces = _SLOT_RE.split(text)
+    parts, order = pieces[0::2], pieces[1::2]
+    if sorted(set(order)) != sorted(SLOTS) or any(_TOKEN in part for part in parts):
         return None
-    b64 = base64.b64encode
-    quote = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]
+    return parts, order
+
+
+def percent_form(parts: list[str], order: list[str], fixed: dict[str, str]) -> tuple[str, list[str]]:
+    """The template as one ``%``-format: ``(form, names)``, ``form % values`` being the
+    text when ``values`` are the slots' values (JSON-quoted, except the raw slots) in
+    the order of ``names``.  Slots in ``fixed`` are written in (their JSON form)."""
+    out = [parts[0].replace("%", "%%")]
+    names: list[str] = []
+    for name, part in zip(order, parts[1:], strict=True):
+        if name in fixed:
+            out.append(fixed[name].replace("%", "%%"))
+        else:
+            out.append('"%s"' if name in _RAW_SLOTS else "%s")
+            names.append(name)
+        out.append(part.replace("%", "%%"))
+    return "".join(out), names
+
+
+def _kombu_template(proto: Envelope, own_root: bool, split: Any = False) -> Any:
+    """to_kombu_json's text for a clone of ``proto``, by filling slots in the prototype's
+    text instead of encoding two dicts: ``render(body, id, argsrepr, kwargsrepr, exchange,
+    routing_key, tag)``.  None when the prototype's text does not split cleanly."""
+    if split is False:
+        split = kombu_template_split(proto, own_root)
+    if split is None:
+        return None
+    parts, order = split
+    form, names = percent_form(parts, order, {})
+    pick = itemgetter(*(SLOTS.index(name) for name in names))
+    b64 = binascii.b2a_base64
+    quote = _quote
 
     def render(body: bytes, task_id: str, argsrepr: str, kwargsrepr: str, exchange: str,
                routing_key: str, tag: str) -> str:
-        values = {"body": '"' + b64(body).decode("ascii") + '"', "id": '"' + task_id + '"',
-                  "argsrepr": quote(argsrepr), "kwargsrepr": quote(kwargsrepr),
-                  "exchange": quote(exchange), "routing_key": quote(routing_key), "tag": quote(tag)}
-        out = [parts[0]]
-        for name, part in zip(order, parts[1:], strict=True):
-            out.append(values[name])
-            out.append(part)
-        return "".join(out)
+        return form % pick((b64(body, newline=False).decode("ascii"), task_id, quote(argsrepr),
+                            quote(kwargsrepr), quote(exchange), quote(routing_key), quote(tag)))
 
     return render
 

@@ -150,6 +150,9 @@ def test_celeriac_client_celery_worker(celery_venv: Path, interop: dict[str, str
         assert r_boom.state == "FAILURE"
         # the kwargs land where Celery expects them
         assert m.add.apply_async(args=(1,), kwargs={"y": 41}).get(timeout=60) == 42
+        # a bulk send (apply_many: the messages written by publish_bulk) runs there too
+        bulk = m.add.apply_many([(i, i) for i in range(20)] + [((i,), {"y": 1}) for i in range(20)])
+        assert [r.get(timeout=60) for r in bulk] == [2 * i for i in range(20)] + [i + 1 for i in range(20)]
         log = worker.log()
     assert f"Task interop.add[{r_add.id}] succeeded" in log
 

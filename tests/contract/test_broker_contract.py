@@ -7,6 +7,7 @@ import time
 import uuid
 
 from celeriac.brokers import PublishItem
+from celeriac.protocol.bulk import bulk_messages
 from celeriac.protocol.message import build_task_message
 
 
@@ -45,6 +46,27 @@ def test_fifo_and_batch(broker_factory):
     rest = b.fetch([queue], 100, 1.0, "c1")
     assert len(rest) == 15
     b.ack(got + rest)
+    assert b.size(queue) == 0
+
+
+def test_publish_bulk_fifo_priority_and_fetch(broker_factory):
+    b = broker_factory()
+    queue = q()
+    calls = [((i, "é"), {"k": [i]} if i % 2 else {}) for i in range(25)]
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+    batch = bulk_messages(env(0, priority=9), embed, calls)
+    urgent = bulk_messages(env(0, priority=0), embed, calls[:2])
+    assert batch is not None and urgent is not None
+    b.publish_bulk(batch, queue)
+    b.publish_bulk(urgent, queue)
+    assert b.stats(queue).ready == 27
+    got = b.fetch([queue], 100, 1.0, "c1")
+    expected = urgent.envelopes() + batch.envelopes()  # lower priority number first, then FIFO
+    assert [d.envelope.headers["id"] for d in got] == [e.headers["id"] for e in expected]
+    for d, e in zip(got, expected, strict=True):
+        assert d.envelope.body == e.body
+        assert d.envelope.headers == e.headers
+    b.ack(got)
     assert b.size(queue) == 0
 
 
