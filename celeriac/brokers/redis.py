@@ -294,7 +294,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 exchange: str = "") -> None:
         """One message, written on the fast lane: ``redis_publish.lua`` (hands it to an idle
         consumer of the queue, else LPUSH and ring the doorbell; see _redis_publish.py), or
-        with the transport option ``handoff=False`` MULTI, LPUSH, doorbell, EXEC.
+        with the transport option ``handoff=False`` (and in a burst) LPUSH and the doorbell.
 
         Pipelined by default: this returns once the command is written, and its reply is
         read later (a refusal raises ``PublishFailed`` from the next use; a lost connection
@@ -313,7 +313,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         tag = self._tag()
         body = to_kombu_json(envelope, exchange, queue, tag).encode()
         # In a burst (the previous publish less than HANDOFF_GAP ago) the consumers are busy, or
-        # the doorbell that publish rang wakes them: plain MULTI, cheaper for Redis than the script.
+        # the doorbell that publish rang wakes them: plain LPUSH and ring, cheaper than the script.
         now = time.monotonic()
         alone, self._last_publish = now - self._last_publish >= HANDOFF_GAP, now
         if self.handoff and alone:  # EVAL of redis_publish.lua: hand off, or LPUSH and ring
@@ -321,8 +321,8 @@ class RedisBroker(RedisPidboxMixin, Broker):
             packed = b"".join((forms[0], b"$%d\r\n" % len(t), t, b"\r\n$%d\r\n" % len(body), body, b"\r\n"))
             replies = 1
         else:
-            packed = b"".join((MULTI, forms[1], b"$%d\r\n" % len(body), body, b"\r\n", forms[2]))
-            replies = 5
+            packed = b"".join((forms[1], b"$%d\r\n" % len(body), body, b"\r\n", forms[2]))
+            replies = 3
         try:
             if self.confirm_publish:
                 res = self._lane.call(packed, replies)  # an error reply raises
