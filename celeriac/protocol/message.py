@@ -91,7 +91,7 @@ def from_kombu_json(raw: str | bytes) -> Envelope:
     """Parse kombu's JSON envelope; raises DecodeError when it is not one."""
     try:
         try:  # kombu's envelopes are UTF-8 JSON: straight to the decoder
-            data = _decode_json(raw.decode("utf-8") if raw.__class__ is bytes else raw)
+            data = _decode_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
         except ValueError:  # json.loads also reads UTF-16/32 and a BOM (or says why not)
             data = json.loads(raw)
         props = dict(data.get("properties") or {})
