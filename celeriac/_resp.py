@@ -496,6 +496,24 @@ class PubSub:
             return {"type": kind, "pattern": reply[1], "channel": reply[2], "data": reply[3]}
         return {"type": kind, "pattern": None, "channel": reply[1], "data": reply[2]}
 
+    def get_replies(self, timeout: float = 0.0, limit: int = 1000) -> list[Any]:
+        """Up to ``limit`` replies as Redis sent them (``[b"message", channel, data]``,
+        ``[b"subscribe", channel, count]``...): those that have come, waiting up to
+        ``timeout`` seconds for the first.  No dict per message: for a busy listener."""
+        out: list[Any] = []
+        ready = self.ready
+        while len(out) < limit:
+            if not ready:
+                conn = self.connection
+                if conn is None:
+                    break
+                self._fill(conn, 0.0 if out else timeout)
+                if not ready:
+                    break
+            while ready and len(out) < limit:
+                out.append(ready.popleft())
+        return out
+
     def _fill(self, conn: Connection, timeout: float) -> None:
         reader, sock, buf = conn.reader, conn.sock, conn.buf
         if sock is None:

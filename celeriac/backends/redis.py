@@ -64,6 +64,7 @@ RECHECK_SECONDS = 5.0                 # a waiter re-reads its keys at least this
 SUBSCRIBE_TIMEOUT = 10.0              # how long a waiter waits for Redis to confirm a SUBSCRIBE
 LISTENER_IDLE = 10.0                  # the listener wakes at least this often (lazy UNSUBSCRIBEs)
 EARLY_WAITS_MAX = 10_000              # ids subscribed by prepare_wait() without a wait yet
+GATHER_ABOVE, GATHER_SECONDS = 64, 0.001  # a wait for more results than this wakes at most every 1 ms
 
 
 def result_key_prefix(prefix: str | None) -> str:
@@ -256,13 +257,7 @@ class _Listener:
                     self._open()
                     backoff = 0.05
                 self._flush()
-                batch = []
-                msg = self.pubsub.get_message(timeout=LISTENER_IDLE)
-                while msg is not None:
-                    batch.append(msg)
-                    if len(batch) >= 1000:
-                        break
-                    msg = self.pubsub.get_message(timeout=0)
+                batch = self.pubsub.get_replies(timeout=LISTENER_IDLE, limit=1000)
                 if batch:
                     self._dispatch(batch)
             except Exception as exc:  # any failure of the connection: start over
@@ -309,17 +304,21 @@ class _Listener:
             else:
                 self.pubsub.unsubscribe(*channels)
 
-    def _dispatch(self, batch: list[dict[str, Any]]) -> None:
+    def _dispatch(self, batch: list[Any]) -> None:
+        """Raw pub/sub replies (PubSub.get_replies): messages to their mailboxes, SUBSCRIBE
+        confirmations counted off the requests in flight; anything else is ignored."""
         with self.cond:
             for msg in batch:
-                kind = msg["type"]
-                if kind == "message":
-                    channel = msg["channel"]
+                if msg.__class__ is not list or len(msg) != 3:
+                    continue
+                kind = msg[0]
+                if kind == b"message":
+                    channel = msg[1]
                     if channel == self.wake:
                         continue
                     for box in self.boxes.get(channel, ()):
-                        box.items.append((channel, msg["data"]))
-                elif kind == "subscribe" and self.inflight:
+                        box.items.append((channel, msg[2]))
+                elif kind == b"subscribe" and self.inflight:
                     head = self.inflight[0]
                     head[1] -= 1
                     req: _Request = head[0]
@@ -523,9 +522,7 @@ class RedisBackend(ResultBackend):
         if len(ids) > 1:
             # Many ids (a group, a bulk send): those finished already need no channel
             # (one read now; the others are read again once subscribed, as below).
-            for tid, meta in self.get_many(ids).items():
-                if meta["status"] in states.READY_STATES:
-                    done[tid] = meta
+            done.update(self._ready_metas(ids))
             if len(done) == len(ids):
                 return {t: done[t] for t in task_ids}
             ids = [t for t in ids if t not in done]
@@ -540,16 +537,17 @@ class RedisBackend(ResultBackend):
             while True:
                 if refresh:
                     generation, last_read = listener.generation, time.monotonic()
-                    for tid, meta in self.get_many([t for t in ids if t in pending]).items():
-                        if meta["status"] in states.READY_STATES:
-                            done[tid] = meta
-                            pending.discard(tid)
+                    for tid, meta in self._ready_metas([t for t in ids if t in pending]).items():
+                        done[tid] = meta
+                        pending.discard(tid)
                 if not pending:
                     return {t: done[t] for t in task_ids}
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"The operation timed out waiting for {len(pending)} tasks.")
                 step = RECHECK_SECONDS - (time.monotonic() - last_read)
+                if len(pending) > GATHER_ABOVE:  # many to come: wake for several at a time
+                    time.sleep(GATHER_SECONDS)
                 listener.wait(box, max(0.0, step if remaining is None else min(step, remaining)), generation)
                 refresh = False
                 for channel, payload in listener.take(box):
@@ -573,6 +571,15 @@ class RedisBackend(ResultBackend):
                     refresh = True
         finally:
             listener.unsubscribe(box, list(channels))
+
+    def _ready_metas(self, task_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The metas of those ids that are ready (get_many without a pending meta per id)."""
+        out = {}
+        for tid, payload in self._get_many(task_ids).items():
+            meta = self.decode(payload)
+            if meta["status"] in states.READY_STATES:
+                out[tid] = meta
+        return out
 
     # -- chords (celery-wire 3.7) ------------------------------------------------------------
     def _chord_keys(self, group_id: str) -> dict[str, str]:

@@ -33,14 +33,26 @@ local ttl = tonumber(ARGV[1])
 local stored = 0
 for i, key in ipairs(KEYS) do
     local status, meta = ARGV[2 * i], ARGV[2 * i + 1]
-    local current = redis.call('GET', key)
-    local old = current and stored_status(current)
-    if not (old == 'SUCCESS' or (status == 'RETRY' and (old == 'FAILURE' or old == 'REVOKED'))) then
-        if ttl > 0 then
-            redis.call('SET', key, meta, 'PX', ttl)
-        else
-            redis.call('SET', key, meta)
+    -- The usual case, no meta stored yet: one SET NX stores it (nothing to protect, no read).
+    local done
+    if ttl > 0 then
+        done = redis.call('SET', key, meta, 'NX', 'PX', ttl)
+    else
+        done = redis.call('SET', key, meta, 'NX')
+    end
+    if not done then
+        local current = redis.call('GET', key)
+        local old = current and stored_status(current)
+        if not (old == 'SUCCESS' or (status == 'RETRY' and (old == 'FAILURE' or old == 'REVOKED'))) then
+            if ttl > 0 then
+                redis.call('SET', key, meta, 'PX', ttl)
+            else
+                redis.call('SET', key, meta)
+            end
+            done = true
         end
+    end
+    if done then
         redis.call('PUBLISH', key, meta)
         stored = stored + 1
     end

@@ -9,7 +9,7 @@ and the fetch script's round trip (two process wake-ups) on a lone task's way.  
 from other producers (a Celery client's plain LPUSH) are fetched as before, and a Celery
 worker sees the handed message where it sees ours: leased, in kombu's unacked hash.
 Not handed either: a publish within ``HANDOFF_GAP`` of the previous one (a burst: plain
-MULTI, cheaper for Redis), while the doorbell holds a token (earlier messages wait), bulk
+LPUSH and ring, cheaper for Redis), while the doorbell holds a token (earlier messages wait), bulk
 sends; and consumers of several queues never register.
 
 Cost: a consumer killed while registered idle (no release by its supervisor) is handed
@@ -36,21 +36,24 @@ PUBLISH_SCRIPT = "\n".join(
 # it.  Pushed unless the message is in its list (LPUSH puts new ones first: LPOS finds a recent
 # one early) or leased (kombu's unacked hash has its tag: this covers a hand-off too).  One
 # acked in between would be pushed again: that needs a consumer to finish it within the
-# moment the connection broke.
+# moment the connection broke.  The doorbell is rung in either case: a plain publish is LPUSH then
+# ring, not a transaction, so the connection may have broken between the two.
 RESEND_SCRIPT = """
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then return 0 end
-if redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', 100000) then return 0 end
-redis.call('LPUSH', KEYS[1], ARGV[1])
+local found = redis.call('LPOS', KEYS[1], ARGV[1], 'MAXLEN', 100000)
+if not found then redis.call('LPUSH', KEYS[1], ARGV[1]) end
 redis.call('LPUSH', KEYS[3], '1')
 redis.call('LTRIM', KEYS[3], 0, 0)
-return 1
+return found and 0 or 1
 """
 
 
 def publish_forms(b: Any, queue: str, step: int, exchange: str, keys: dict[str, str]) -> tuple[bytes, bytes, bytes]:
     """A publish to ``queue``'s priority ``step``, packed up to its last arguments:
     (EVAL of the hand-off script, to be followed by the tag and the envelope;
-    MULTI's LPUSH, to be followed by the envelope and then the third: doorbell and EXEC)."""
+    the plain LPUSH, to be followed by the envelope and then the third: the doorbell).
+    The plain form is no MULTI: a consumer that takes the message between the LPUSH and the
+    ring (it cannot miss it: its fetch looks at the list) at worst wakes once for nothing."""
     qkey = b.queue_key(queue, step)
     bell = keys["bell"] + queue
     args = pack("EVAL", PUBLISH_SCRIPT, 8, qkey, bell, keys["idle"] + queue, b.unacked_key,
@@ -59,7 +62,7 @@ def publish_forms(b: Any, queue: str, step: int, exchange: str, keys: dict[str, 
                 b.lease_seconds, "", "")
     return (args[:-12],  # without the two placeholders ("$0\r\n\r\n" each), still counted in "*N"
             b"*3\r\n$5\r\nLPUSH\r\n" + pack(qkey)[4:],
-            pack("LPUSH", bell, "1") + pack("LTRIM", bell, 0, 0) + pack("EXEC"))
+            pack("LPUSH", bell, "1") + pack("LTRIM", bell, 0, 0))
 
 
 def handed(value: bytes) -> tuple[str, str, bytes] | None:

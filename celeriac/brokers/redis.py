@@ -295,7 +295,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 exchange: str = "") -> None:
         """One message, written on the fast lane: ``redis_publish.lua`` (hands it to an idle
         consumer of the queue, else LPUSH and ring the doorbell; see _redis_publish.py), or
-        with the transport option ``handoff=False`` MULTI, LPUSH, doorbell, EXEC.
+        with the transport option ``handoff=False`` (and in a burst) LPUSH and the doorbell.
 
         Pipelined by default: this returns once the command is written, and its reply is
         read later (a refusal raises ``PublishFailed`` from the next use; a lost connection
@@ -314,7 +314,7 @@ class RedisBroker(RedisPidboxMixin, Broker):
         tag = self._tag()
         body = to_kombu_json(envelope, exchange, queue, tag).encode()
         # In a burst (the previous publish less than HANDOFF_GAP ago) the consumers are busy, or
-        # the doorbell that publish rang wakes them: plain MULTI, cheaper for Redis than the script.
+        # the doorbell that publish rang wakes them: plain LPUSH and ring, cheaper than the script.
         now = time.monotonic()
         alone, self._last_publish = now - self._last_publish >= HANDOFF_GAP, now
         if self.handoff and alone:  # EVAL of redis_publish.lua: hand off, or LPUSH and ring
@@ -322,8 +322,8 @@ class RedisBroker(RedisPidboxMixin, Broker):
             packed = b"".join((forms[0], b"$%d\r\n" % len(t), t, b"\r\n$%d\r\n" % len(body), body, b"\r\n"))
             replies = 1
         else:
-            packed = b"".join((MULTI, forms[1], b"$%d\r\n" % len(body), body, b"\r\n", forms[2]))
-            replies = 5
+            packed = b"".join((forms[1], b"$%d\r\n" % len(body), body, b"\r\n", forms[2]))
+            replies = 3
         try:
             if self.confirm_publish:
                 res = self._lane.call(packed, replies)  # an error reply raises
@@ -465,12 +465,17 @@ class RedisBroker(RedisPidboxMixin, Broker):
         wake = self._k(WAKE_PREFIX + consumer_id)
         deadline = time.monotonic() + max(timeout, 0.0)
         last, streak = self._recent.get(consumer_id, (0, 0))
+        # Under load (the last fetch found work) the script runs alone: no BRPOP behind it,
+        # hence no wake token for it to pop (three Redis commands per batch fewer).  When
+        # that finds nothing, the loop below looks again the usual way, and then blocks.
+        busy = streak >= 1 and last >= max_count
         if streak >= 2 and 0 < last < max_count:
             # Under load (this consumer's last fetches all found work, the last one less than
             # it asked for): let a few more messages arrive first.  Fewer, fuller batches cost
             # less per task on both sides; an idle consumer (its last fetch found nothing)
             # fetches at once, so a lone task's latency is unchanged.
             time.sleep(COALESCE_SECONDS)
+            busy = True
         while True:
             now = time.monotonic()
             reclaim = now >= self._next_reclaim
@@ -478,8 +483,11 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 self._next_reclaim = now + RECLAIM_INTERVAL
             block = round(max(min(deadline - now, self._max_block), MIN_BLOCK), 3)
             args = [consumer_id, max(max_count, 0), self.lease_seconds, "1" if reclaim else "0",
-                    self.visibility_timeout, wake, block, len(names), *names, *settle_args]
-            res, woke = self._fetch_then_wait(args, [wake, *bells], block)
+                    self.visibility_timeout, "" if busy else wake, block, len(names), *names, *settle_args]
+            if busy:
+                res, woke, busy = self._script("fetch", args), None, False
+            else:
+                res, woke = self._fetch_then_wait(args, [wake, *bells], block)
             settle_args = [0]
             if len(res) > 2:
                 got = self._deliveries(res[2:], names, consumer_id)

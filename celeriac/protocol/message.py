@@ -88,10 +88,16 @@ def to_kombu_json(env: Envelope, exchange: str, routing_key: str, delivery_tag: 
     )
 
 
+_decode_json = json.JSONDecoder().decode
+
+
 def from_kombu_json(raw: str | bytes) -> Envelope:
     """Parse kombu's JSON envelope; raises DecodeError when it is not one."""
     try:
-        data = json.loads(raw)
+        try:  # kombu's envelopes are UTF-8 JSON: straight to the decoder
+            data = _decode_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+        except ValueError:  # json.loads also reads UTF-16/32 and a BOM (or says why not)
+            data = json.loads(raw)
         props = dict(data.get("properties") or {})
         body = data["body"]
         if props.get("body_encoding") == "base64":

@@ -115,8 +115,8 @@ class Consumer:
             logger.info("Received task: %s[%s]", msg.shadow or msg.task, msg.id)
         if signals.task_received.receivers:
             signals.task_received.send(sender=self, request=msg)
-        now = datetime.now(timezone.utc)
-        if msg.expires is not None and msg.expires <= now:
+        now = datetime.now(timezone.utc) if msg.expires is not None or msg.eta is not None else None
+        if msg.expires is not None and now is not None and msg.expires <= now:
             logger.info("Discarding expired task %s[%s] (expired at %s)", msg.task, msg.id, msg.expires)
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("expired")), ready=True)])
@@ -140,7 +140,7 @@ class Consumer:
                 self.events.revoked(msg.id)
             delivery.ack()
             return None
-        if msg.eta is not None and msg.eta > now:
+        if msg.eta is not None and now is not None and msg.eta > now:
             # A Celery client put an ETA message straight on the queue: it waits in the broker.
             delivery.requeue(delay=(msg.eta - now).total_seconds())
             return None
