@@ -73,7 +73,6 @@ from __future__ import annotations
 import functools
 import json
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,11 +88,11 @@ from .base import (
     DEFAULT_LEASE_SECONDS,
     Broker,
     Capabilities,
-    DeadLetter,
     Delivery,
     PublishItem,
     QueueStats,
 )
+from .redis_dead import DEAD_LETTERS_KEY, RedisDeadLetterMixin  # dead letters, global rate-limit buckets
 from .redis_pidbox import RedisPidboxMixin  # remote control: pub/sub, reply queues, revoked ids
 
 SEP = "\x06\x16"
@@ -112,9 +111,7 @@ BELL_PREFIX = "celeriac.bell."
 WAKE_PREFIX = "celeriac.wake."     # list: one consumer's own wake-up token (see redis_fetch.lua)
 IDLE_PREFIX = "celeriac.idle."     # zset: consumer -> until when it is idle on Q (hand-off)
 IDLE_OF_KEY = "celeriac.idle_of"   # hash: consumer -> the queue it registered idle on
-DEAD_LETTERS_KEY = "celeriac.dead_letters"
 SEQ_KEY = "celeriac.seq"
-BUCKET_PREFIX = "celeriac.bucket."
 
 DEAD_LETTER_CAP = 10_000
 KOMBU_VISIBILITY_TIMEOUT = 3600.0  # kombu's default
@@ -180,7 +177,7 @@ def _redelivered_flag(env: Envelope) -> bool:
     return bool(env.headers.get("redelivered") or (isinstance(info, dict) and info.get("redelivered")))
 
 
-class RedisBroker(RedisPidboxMixin, Broker):
+class RedisBroker(RedisDeadLetterMixin, RedisPidboxMixin, Broker):
     capabilities = Capabilities(native_delay=True, priority=True, broadcast=True,
                                 global_rate_limit=True, leases=True)
 
@@ -629,61 +626,6 @@ class RedisBroker(RedisPidboxMixin, Broker):
                 continue
             out.append(Delivery(env, queue, tag, self, _redelivered_flag(env), bool(st), consumer_id))
         return out
-
-    # -- global rate limits ------------------------------------------------------
-    def acquire_tokens(self, key: str, rate: float, burst: float = 1.0, n: float = 1.0) -> float:
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, got {rate!r}")
-        return float(self._run("tokens", [self._k(BUCKET_PREFIX + key), float(rate), float(burst), float(n)]))
-
-    # -- dead letters ------------------------------------------------------------
-    def _bury(self, tag: str, queue: str, raw: str, reason: str, headers: dict[str, Any]) -> None:
-        entry = json.dumps({
-            "dead_id": uuid.uuid4().hex, "reason": reason, "queue": queue,
-            "task": headers.get("task"), "id": headers.get("id"), "failed_at": time.time(),
-            "envelope": raw,
-        })
-        self._run("bury", [entry, tag])
-
-    def dead_letter(self, delivery: Delivery, reason: str) -> None:
-        info = delivery.envelope.properties.get("delivery_info")
-        info = info if isinstance(info, dict) else {}
-        raw = to_kombu_json(delivery.envelope, str(info.get("exchange") or ""),
-                            str(info.get("routing_key") or delivery.queue), delivery.tag)
-        self._bury(delivery.tag, delivery.queue, raw, reason, delivery.envelope.headers)
-
-    @staticmethod
-    def _parse_dead(value: bytes | str) -> DeadLetter | None:
-        try:
-            data = json.loads(value)
-            return DeadLetter(str(data["dead_id"]), str(data.get("queue") or ""), str(data.get("reason") or ""),
-                              str(data.get("envelope") or ""), float(data.get("failed_at") or 0.0),
-                              data.get("task"), data.get("id"))
-        except (ValueError, TypeError, KeyError):
-            return None
-
-    def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        if limit <= 0:
-            return []
-        with self._errors():
-            values = self.client.execute("LRANGE", self._k(DEAD_LETTERS_KEY), 0, limit - 1)
-        return [dl for dl in map(self._parse_dead, values) if dl is not None]
-
-    def replay_dead_letter(self, dead_id: str) -> bool:
-        with self._errors():
-            values = self.client.execute("LRANGE", self._k(DEAD_LETTERS_KEY), 0, -1)
-        for value in values:
-            dl = self._parse_dead(value)
-            if dl is None or dl.id != dead_id:
-                continue
-            try:
-                env = from_kombu_json(dl.raw)
-                payload = to_kombu_json(env, "", dl.queue, str(uuid.uuid4()))
-                key = self.queue_key(dl.queue, self.step_for(env.priority))
-            except DecodeError:  # put the bytes back as they were
-                payload, key = dl.raw, self.queue_key(dl.queue)
-            return bool(self._run("replay", [value, dl.queue, key, payload]))
-        return False
 
     # -- admin -------------------------------------------------------------------
     def purge(self, queue: str) -> int:
