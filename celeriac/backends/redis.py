@@ -48,6 +48,7 @@ from .._redis_url import RedisConnection, connect, map_errors
 from .._resp import Client, PubSub, RedisError, Script, pack
 from ..brokers._redis_fast import FastLane
 from ..exceptions import OperationalError, TimeoutError
+from ._redis_direct import DirectWait
 from .base import (
     CHORD_CLAIM_SECONDS,
     CHORD_DONE_SECONDS,
@@ -374,6 +375,7 @@ class RedisBackend(ResultBackend):
         self._listener_lock = threading.Lock()
         self._local = threading.local()
         self._lane = FastLane(self.client)  # reads on the hot path (get): one held connection
+        self._direct_obj: DirectWait | None = None
 
     # -- keys ----------------------------------------------------------------------
     def key_for(self, task_id: str) -> str:
@@ -401,6 +403,9 @@ class RedisBackend(ResultBackend):
         if listener is not None and listener.pid == os.getpid():
             listener.stop()
         self._local = threading.local()
+        direct, self._direct_obj = self._direct_obj, None
+        if direct is not None and direct.pid == os.getpid():
+            direct.close()
         self._lane.close()
         self._conn.close()
 
@@ -508,9 +513,22 @@ class RedisBackend(ResultBackend):
         listener.take(box)
         self._local.generation = listener.generation
 
+    def _direct(self) -> DirectWait:
+        direct = self._direct_obj
+        if direct is None or direct.pid != os.getpid():
+            direct = self._direct_obj = DirectWait(self.client.params, self.where)
+        return direct
+
     def wait_for(self, task_id: str, timeout: float | None = None, interval: float = 0.5) -> dict[str, Any]:
+        """A lone waiter waits on a connection of its own (``_redis_direct``); when that one
+        is busy or lost, through the listener."""
         try:
-            return self.wait_for_many([task_id], timeout=timeout)[task_id]
+            deadline = None if timeout is None else time.monotonic() + timeout
+            meta = self._direct().wait(self.key_for(task_id).encode(), self.decode, deadline)
+            if meta is not None:
+                return meta
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            return self.wait_for_many([task_id], timeout=left)[task_id]
         except TimeoutError:
             raise TimeoutError(f"The operation timed out waiting for task {task_id}.") from None
 
