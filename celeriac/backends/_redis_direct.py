@@ -23,8 +23,11 @@ and error rules apply).  Like the listener, the key is read again every
 
 Replies are told apart by shape: a push is a list (``[b"message", channel, data]``,
 ``[b"subscribe", channel, n]``, ...); a GET's reply is bytes, ``None`` or an error.
-UNSUBSCRIBE is sent when a wait ends and its confirmation read with the next wait's
-replies, like GET replies still unread then (``owed``): they are skipped by count.
+A wait's channel is unsubscribed lazily, in the next wait's write (``UNSUBSCRIBE old``,
+``SUBSCRIBE new``, ``GET new``): no syscall between the result and its caller.  What
+comes meanwhile on the old channel, the confirmations, and GET replies still unread when
+a wait ended (``owed``) are read with the next wait's replies and skipped (a push for
+another channel; GET replies by count).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class DirectWait:
         self.pid = getpid()
         self.conn: Connection | None = None
         self.owed = 0               # GET replies still unread on the connection (pushes aside)
+        self.stale: bytes | None = None   # the last wait's channel, still subscribed
         self.unsupported = False    # the server refused HELLO 3
         self.closed = False
         self.progress = False       # a reply came on this attempt's connection
@@ -123,6 +127,7 @@ class DirectWait:
     def _drop(self) -> None:
         conn, self.conn = self.conn, None
         self.owed = 0
+        self.stale = None
         if conn is not None:
             conn.disconnect()
 
@@ -153,7 +158,9 @@ class DirectWait:
     def _wait(self, key: bytes, decode: Callable[[bytes], dict[str, Any]],
               deadline: float | None) -> dict[str, Any]:
         get = pack("GET", key)
-        conn = self._start(pack("SUBSCRIBE", key) + get)
+        stale, self.stale = self.stale, None
+        request = pack("SUBSCRIBE", key) + get
+        conn = self._start(request if stale is None else pack("UNSUBSCRIBE", stale) + request)
         skip = self.owed            # earlier waits' GET replies come first
         self.owed += 1
         self.waited = True
@@ -206,7 +213,4 @@ class DirectWait:
             raise _Fallback from None
         finally:
             if self.conn is conn and conn.sock is not None:
-                try:
-                    conn.send(pack("UNSUBSCRIBE", key))
-                except _LOST:
-                    self._drop()
+                self.stale = key            # unsubscribed with the next wait's write

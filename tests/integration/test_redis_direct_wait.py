@@ -113,7 +113,7 @@ class _StoreAfterWrite:
 
     def sendall(self, data: bytes) -> None:
         self._sock.sendall(data)
-        if b"SUBSCRIBE" in data and b"UNSUBSCRIBE" not in data:
+        if b"$9\r\nSUBSCRIBE\r\n" in data:     # (not UNSUBSCRIBE: $11)
             self._store()
 
     def __getattr__(self, name: str) -> Any:
@@ -200,3 +200,16 @@ def test_redis_gone_mid_wait_is_an_operational_error(server: Any, make: Callable
     server.start()   # for the fixture's kill
     assert not th.is_alive()
     assert len(out) == 1 and isinstance(out[0], OperationalError), out
+
+
+def test_messages_left_on_the_previous_channel_are_skipped(make: Callable[..., RedisBackend]) -> None:
+    waiter, writer = make(), make()
+    t1, t2 = tid(), tid()
+    writer.store_meta(make_meta(t1, states.SUCCESS, "first", ready=True))
+    assert waiter.wait_for(t1, timeout=5)["result"] == "first"
+    # t1's channel is still subscribed (unsubscribed with the next wait): this is published to us
+    writer.store_meta(make_meta(t1, states.FAILURE, None, ready=True))
+    th = store_later(writer, t2, "second", 0.2)
+    assert waiter.wait_for(t2, timeout=10)["result"] == "second"
+    th.join()
+    assert waiter.wait_for(t1, timeout=5)["result"] == "first"   # SUCCESS is kept
