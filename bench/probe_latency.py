@@ -7,7 +7,9 @@ Starts a celeriac worker (``-c 2`` prefork, as bench_redis.py does), warms up, t
 (direct, listener, direct, ...; the machine is shared and noisy), and prints p50/p90/p99
 in ms.  ``direct``: ``get()`` waits on the backend's own RESP3 connection
 (``backends/_redis_direct.py``); ``listener``: that path switched off, so ``get()``
-subscribes through the listener thread, then reads the key, as before.
+subscribes through the listener thread, then reads the key, as before.  To compare with
+an older tree: ``PYTHONPATH=<its checkout>:<site-packages> python -S bench/probe_latency.py
+--modes listener`` (``-S``: no editable install of this checkout in the way).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ def main() -> None:
                BENCH_PREFIX=prefix, PYTHONPATH=os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")]))
     os.environ.update(env)
     sys.path.insert(0, HERE)
-    proc = subprocess.Popen([sys.executable, "-m", "celeriac.cli.main", "-q", "-A", "bench_app", "worker",
+    python = [sys.executable, *(["-S"] if sys.flags.no_site else [])]
+    proc = subprocess.Popen([*python, "-m", "celeriac.cli.main", "-q", "-A", "bench_app", "worker",
                              "-c", "2", "-l", "warning"], cwd=HERE, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -53,7 +56,8 @@ def main() -> None:
         samples: dict[str, list[float]] = {m: [] for m in modes}
         for r in range(args.rounds):
             for mode in modes:
-                backend._direct().unsupported = mode != "direct"
+                if hasattr(backend, "_direct"):   # (absent before the direct wait: run as "listener")
+                    backend._direct().unsupported = mode != "direct"
                 xs = []
                 for _ in range(args.n):
                     t0 = time.perf_counter()

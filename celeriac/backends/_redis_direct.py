@@ -104,6 +104,8 @@ class DirectWait:
             return None
         finally:
             self.waited = False
+            if self.closed:   # closed while this wait made its connection: nobody else closes it
+                self._drop()
             self.lock.release()
 
     def close(self) -> None:
