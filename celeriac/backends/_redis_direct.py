@@ -84,6 +84,7 @@ class DirectWait:
                 try:
                     return self._wait(key, decode, deadline)
                 except _Fallback:
+                    self._drop()      # e.g. after an error reply: never trust the stream's count again
                     return None
                 except _LOST as exc:
                     self._drop()

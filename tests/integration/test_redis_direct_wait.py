@@ -213,3 +213,21 @@ def test_messages_left_on_the_previous_channel_are_skipped(make: Callable[..., R
     assert waiter.wait_for(t2, timeout=10)["result"] == "second"
     th.join()
     assert waiter.wait_for(t1, timeout=5)["result"] == "first"   # SUCCESS is kept
+
+
+def test_an_error_reply_falls_back_and_the_next_wait_is_not_confused(make: Callable[..., RedisBackend]) -> None:
+    import redis
+
+    waiter, writer = make(), make()
+    bad, t = tid(), tid()
+    raw = redis.Redis.from_url(REDIS_URL)
+    try:
+        raw.rpush(waiter.key_for(bad), "x")     # GET answers WRONGTYPE
+        with pytest.raises(TimeoutError):
+            waiter.wait_for(bad, timeout=0.3)
+        th = store_later(writer, t, "fine", 0.1)
+        assert waiter.wait_for(t, timeout=10)["result"] == "fine"
+        th.join()
+    finally:
+        raw.delete(waiter.key_for(bad))
+        raw.close()
