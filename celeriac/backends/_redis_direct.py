@@ -44,6 +44,7 @@ from .._resp import Connection, Params, RedisError, ResponseError, pack
 from ..exceptions import OperationalError, TimeoutError
 
 RECHECK_SECONDS = 5.0       # the key is read again at least this often while waiting
+ANSWER_GRACE = 1.0          # past the deadline, how long the first GET's reply is still waited for
 RECONNECT_SECONDS = 10.0    # a connection lost mid-wait is tried again this long
 _LOST = (OSError, ValueError, RedisError)   # ValueError: poll(2) on a socket closed by close()
 
@@ -169,12 +170,15 @@ class DirectWait:
         self.waited = True
         reader, sock, buf = conn.reader, conn.sock, conn.buf
         last_read = time.monotonic()
+        answered = False            # our first GET's reply was read
         try:
             while True:
                 reply = reader.gets()
                 if reply is False:
                     now = time.monotonic()
-                    if deadline is not None and now >= deadline:
+                    # the key is read once whatever the timeout (get(timeout=0) of a finished task)
+                    end = None if deadline is None else deadline if answered else deadline + ANSWER_GRACE
+                    if end is not None and now >= end:
                         raise TimeoutError(f"The operation timed out waiting for {key.decode()}.")
                     step = RECHECK_SECONDS - (now - last_read)
                     if step <= 0:
@@ -182,7 +186,7 @@ class DirectWait:
                         self.owed += 1
                         last_read = now
                         continue
-                    if conn.readable(step if deadline is None else min(step, deadline - now)):
+                    if conn.readable(step if end is None else min(step, end - now)):
                         n = sock.recv_into(buf)
                         if not n:
                             raise ConnectionError("connection closed")
@@ -204,6 +208,7 @@ class DirectWait:
                 if skip:
                     skip -= 1
                     continue
+                answered = True
                 if isinstance(reply, bytes):
                     meta = decode(reply)        # undecodable: the listener's path raises it
                     if meta.get("status") in states.READY_STATES:

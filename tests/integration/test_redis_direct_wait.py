@@ -231,3 +231,12 @@ def test_an_error_reply_falls_back_and_the_next_wait_is_not_confused(make: Calla
     finally:
         raw.delete(waiter.key_for(bad))
         raw.close()
+
+
+def test_timeout_zero_still_reads_the_key_once(make: Callable[..., RedisBackend]) -> None:
+    b = make()
+    t = tid()
+    with pytest.raises(TimeoutError):
+        b.wait_for(t, timeout=0)
+    b.store_meta(make_meta(t, states.SUCCESS, "there", ready=True))
+    assert b.wait_for(t, timeout=0)["result"] == "there"
