@@ -261,6 +261,8 @@ def test_wait_survives_a_dropped_pubsub_connection(make: Callable[..., RedisBack
     waiter, writer = make(), make()
     t = tid()
     out: list[Any] = []
+    busy = waiter._direct().lock   # as if another thread waited on the direct connection
+    busy.acquire()
     th = threading.Thread(target=lambda: out.append(waiter.wait_for(t, timeout=30)))
     th.start()
     try:
@@ -286,6 +288,7 @@ def test_wait_survives_a_dropped_pubsub_connection(make: Callable[..., RedisBack
         writer.store_meta(make_meta(t, states.SUCCESS, "after-reconnect", ready=True))
     finally:
         th.join(40)
+        busy.release()
     assert out and out[0]["result"] == "after-reconnect"
     assert time.monotonic() - start < 2.0
 
