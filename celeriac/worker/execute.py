@@ -59,20 +59,34 @@ class ExecContext:
 
 def context_from_message(msg: TaskMessage, hostname: str, queue: str | None = None,
                          redelivered: bool = False) -> Context:
+    # The message's header properties read straight from its dicts (same values), and the
+    # Context's attributes set as one dict: this runs once per task in every pool.
     h = msg.headers
+    props = msg.properties
     embed = msg.embed or {}
-    return Context(
-        id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries,
-        eta=h.get("eta"), expires=h.get("expires"), headers=h,
-        delivery_info={"exchange": "", "routing_key": queue, "priority": msg.priority,
-                       "redelivered": redelivered},
-        reply_to=msg.reply_to, correlation_id=msg.properties.get("correlation_id") or msg.id,
-        root_id=msg.root_id, parent_id=msg.parent_id, group=msg.group, group_index=msg.group_index,
-        chord=embed.get("chord"), chain=embed.get("chain"), callbacks=embed.get("callbacks"),
-        errbacks=embed.get("errbacks"), hostname=hostname, origin=h.get("origin"),
-        timelimit=h.get("timelimit"), ignore_result=msg.ignore_result, shadow=msg.shadow,
-        stamps=h.get("stamps"), priority=msg.priority, children=[], is_eager=False,
-    )
+    priority = props.get("priority")
+    if not isinstance(priority, int):
+        priority = 0
+    task_id = msg.id
+    req = _new_context(Context)
+    req.__dict__ = {
+        "id": task_id, "task": msg.task, "args": msg.args, "kwargs": msg.kwargs,
+        "retries": int(h.get("retries") or 0), "eta": h.get("eta"), "expires": h.get("expires"),
+        "headers": h,
+        "delivery_info": {"exchange": "", "routing_key": queue, "priority": priority,
+                          "redelivered": redelivered},
+        "reply_to": props.get("reply_to"), "correlation_id": props.get("correlation_id") or task_id,
+        "root_id": h.get("root_id") or task_id, "parent_id": h.get("parent_id"), "group": h.get("group"),
+        "group_index": h.get("group_index"), "chord": embed.get("chord"), "chain": embed.get("chain"),
+        "callbacks": embed.get("callbacks"), "errbacks": embed.get("errbacks"), "hostname": hostname,
+        "origin": h.get("origin"), "timelimit": h.get("timelimit"),
+        "ignore_result": bool(h.get("ignore_result")), "shadow": h.get("shadow"),
+        "stamps": h.get("stamps"), "priority": priority, "children": [], "is_eager": False,
+    }
+    return req
+
+
+_new_context = object.__new__
 
 
 # -- the innermost step --------------------------------------------------------
@@ -328,10 +342,42 @@ PHASES: dict[Any, tuple[Callable[[ExecContext], Any] | None, Callable[[ExecConte
 
 
 def build_chain(middleware: Sequence[Middleware], terminal: Handler = call_task) -> Handler:
+    """One handler running ``middleware`` around ``terminal``.  Consecutive middleware with
+    before/after halves (``PHASES`` or a ``phases`` attribute) run as their halves in a flat
+    loop, in the order nesting would call them (the default chain is only such middleware)."""
     handler = terminal
+    group: list[tuple[Any, Any]] = []
     for mw in reversed(middleware):
+        phases = PHASES.get(mw) or getattr(mw, "phases", None)
+        if phases is not None:
+            group.append(phases)
+            continue
+        if group:
+            handler = _phased(group[::-1], handler)
+            group = []
         handler = (lambda m, nxt: lambda ctx: m(ctx, nxt))(mw, handler)
+    if group:
+        handler = _phased(group[::-1], handler)
     return handler
+
+
+def _phased(phases: list[tuple[Any, Any]], inner: Handler) -> Handler:
+    """``phases`` (outermost first) as one handler: every ``before`` in order, ``inner``,
+    then every ``after`` in reverse with what its ``before`` returned.  As with nesting, an
+    exception leaves the halves after it unrun and reaches the caller."""
+    befores = tuple((i, b) for i, (b, _) in enumerate(phases) if b is not None)
+    afters = tuple((i, a) for i, (_, a) in enumerate(phases))[::-1]
+    n = len(phases)
+
+    def step(ctx: ExecContext) -> None:
+        tokens: list[Any] = [None] * n
+        for i, before in befores:
+            tokens[i] = before(ctx)
+        inner(ctx)
+        for i, after in afters:
+            after(ctx, tokens[i])
+
+    return step
 
 
 def middleware_for(app: Celery) -> list[Middleware]:
