@@ -73,8 +73,9 @@ class Consumer:
         self._stop.set()
 
     def mark_running(self, delivery: Delivery | None) -> None:
-        with self._hb_lock:
-            self.running = [delivery] if delivery is not None else []
+        # one rebinding of a list never mutated afterwards: the heartbeat thread's copy
+        # sees either the old or the new one, so no lock is needed
+        self.running = [delivery] if delivery is not None else []
 
     # -- fetching --------------------------------------------------------------
     def fetch(self, capacity: int, timeout: float, settle: Any = None) -> list[Delivery]:
@@ -98,8 +99,6 @@ class Consumer:
             if signals.task_rejected.receivers:
                 signals.task_rejected.send(sender=None, message=env, exc=exc)
             return None
-        if signals.task_received.receivers:
-            pass  # sent below with the request once the task is known
         try:
             task = self.app.tasks[msg.task]
         except NotRegistered as exc:
