@@ -12,13 +12,12 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .. import _state, signals, states
 from ..exceptions import Ignore, Reject, Retry
 from ..protocol.message import TaskMessage, safe_repr
-from ..protocol.results import exception_to_dict, make_meta
+from ..protocol.results import exception_to_dict, make_meta, utcnow_iso
 from ..task import Context, Task
 from .canvas_mw import canvas_middleware
 
@@ -218,7 +217,7 @@ def signals_middleware(ctx: ExecContext, call_next: Handler) -> None:
 
 
 def signals_before(ctx: ExecContext) -> None:
-    if signals.task_prerun.receivers:
+    if signals.task_prerun._receivers:
         task, req = ctx.task, ctx.req
         signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=req.args, kwargs=req.kwargs)
 
@@ -226,20 +225,20 @@ def signals_before(ctx: ExecContext) -> None:
 def signals_after(ctx: ExecContext, _: Any = None) -> None:
     task, req = ctx.task, ctx.req
     if ctx.state == states.SUCCESS:
-        if signals.task_success.receivers:
+        if signals.task_success._receivers:
             signals.task_success.send(sender=task, result=ctx.retval)
     elif ctx.state == states.FAILURE:
-        if signals.task_failure.receivers:
+        if signals.task_failure._receivers:
             signals.task_failure.send(sender=task, task_id=req.id, exception=ctx.exc, args=req.args,
                                       kwargs=req.kwargs, traceback=ctx.exc.__traceback__ if ctx.exc else None,
                                       einfo=_einfo(ctx, ctx.exc))
     elif ctx.state == states.RETRY:
-        if signals.task_retry.receivers:
+        if signals.task_retry._receivers:
             signals.task_retry.send(sender=task, request=req, reason=ctx.retry, einfo=_einfo(ctx, ctx.exc))
     elif ctx.state == states.REJECTED:
-        if signals.task_rejected.receivers:
+        if signals.task_rejected._receivers:
             signals.task_rejected.send(sender=task, message=ctx.message, exc=ctx.exc)
-    if signals.task_postrun.receivers:
+    if signals.task_postrun._receivers:
         signals.task_postrun.send(sender=task, task_id=req.id, task=task, args=req.args,
                                   kwargs=req.kwargs, retval=ctx.retval if ctx.exc is None else ctx.exc,
                                   state=ctx.state)
@@ -269,7 +268,7 @@ def results_before(ctx: ExecContext) -> tuple[bool, bool]:
         else conf.task_store_errors_even_if_ignored
     track = task.track_started if task.track_started is not None else conf.task_track_started
     if conf.result_extended:  # only stored with result_extended: skip the clock otherwise
-        req.date_started = datetime.now(timezone.utc).isoformat()
+        req.date_started = utcnow_iso()
     if track and not ignore and not ctx.eager:
         ctx.app.backend.store_meta(make_meta(req.id, states.STARTED, {"pid": _pid(), "hostname": ctx.hostname},
                                              ready=False, extended=_extended(ctx)))
