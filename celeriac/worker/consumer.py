@@ -96,7 +96,7 @@ class Consumer:
             self._dead(delivery, f"{type(exc).__name__}: {exc}", task_id, exc)
             if task_id and self.events is not None:
                 self.events.rejected(task_id, False)
-            if signals.task_rejected.receivers:
+            if signals.task_rejected._receivers:
                 signals.task_rejected.send(sender=None, message=env, exc=exc)
             return None
         try:
@@ -104,7 +104,7 @@ class Consumer:
         except NotRegistered as exc:
             logger.error("Received unregistered task of type %r.\nThe message has been dead-lettered "
                          "and its result set to FAILURE.\n%s", msg.task, exc)
-            if signals.task_unknown.receivers:
+            if signals.task_unknown._receivers:
                 signals.task_unknown.send(sender=None, message=msg, exc=exc, name=msg.task, id=msg.id)
             self._dead(delivery, f"NotRegistered: {msg.task}", msg.id, exc)
             if self.events is not None:
@@ -112,7 +112,7 @@ class Consumer:
             return None
         if logger.isEnabledFor(logging.INFO):
             logger.info("Received task: %s[%s]", msg.shadow or msg.task, msg.id)
-        if signals.task_received.receivers:
+        if signals.task_received._receivers:
             signals.task_received.send(sender=self, request=msg)
         now = datetime.now(timezone.utc) if msg.expires is not None or msg.eta is not None else None
         if msg.expires is not None and now is not None and msg.expires <= now:
@@ -120,7 +120,7 @@ class Consumer:
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("expired")), ready=True)])
             finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("expired"))
-            if signals.task_revoked.receivers:
+            if signals.task_revoked._receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=True)
             if self.events is not None:
                 self.events.revoked(msg.id, expired=True)
@@ -133,7 +133,7 @@ class Consumer:
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("revoked")), ready=True)])
             finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("revoked"))
-            if signals.task_revoked.receivers:
+            if signals.task_revoked._receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=False)
             if self.events is not None:
                 self.events.revoked(msg.id)
