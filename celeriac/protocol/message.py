@@ -88,7 +88,7 @@ def to_kombu_json(env: Envelope, exchange: str, routing_key: str, delivery_tag: 
     )
 
 
-_decode_json = json.JSONDecoder().decode
+_decode_json = codecs.whole_document(json.JSONDecoder())
 
 
 def from_kombu_json(raw: str | bytes) -> Envelope:
