@@ -125,7 +125,7 @@ def whole_document(decoder: json.JSONDecoder) -> Callable[[str], Any]:
     around it, as every encoder here and kombu's write it): the decoder's scanner alone,
     without the two white-space regex matches of ``decode``.  Anything else (white space
     around the value, extra data, an error) goes to ``decode``: the same value or error."""
-    scan, decode = decoder.scan_once, decoder.decode
+    scan, decode = decoder.scan_once, decoder.decode  # type: ignore[attr-defined]
 
     def loads(s: str) -> Any:
         try:
