@@ -138,12 +138,15 @@ def whole_document(decoder: json.JSONDecoder) -> Callable[[str], Any]:
 
 
 _decode_whole = whole_document(_decoder)
+_decode_plain = whole_document(json.JSONDecoder())  # no object hook
 
 
 def json_loads(s: str | bytes) -> Any:
     if isinstance(s, (bytes, bytearray, memoryview)):
         s = bytes(s).decode("utf-8")
-    return _decode_whole(s)
+    if "__type__" in s or "\\u" in s:  # a tagged value may be in there (its key maybe escaped)
+        return _decode_whole(s)
+    return _decode_plain(s)  # no such key: the hook would return every object as it is
 
 
 # -- generic dumps/loads ----------------------------------------------------------
