@@ -43,13 +43,13 @@ class Batch:
         if not items:
             return
         before, after = signals.before_task_publish, signals.after_task_publish
-        if before.receivers:
+        if before._receivers:
             for item in items:
                 h = item.envelope.headers
                 before.send(sender=h["task"], body=None, exchange="", routing_key=item.queue,
                             headers=h, properties=item.envelope.properties, declare=[], retry_policy=None)
         self.app.broker.publish_many(items)
-        if after.receivers:
+        if after._receivers:
             for item in items:
                 h = item.envelope.headers
                 after.send(sender=h["task"], body=None, exchange="", routing_key=item.queue, headers=h)

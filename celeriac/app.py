@@ -508,7 +508,7 @@ class Celery:
     def _publish_built(self, name: str, env: Any, queue: str, not_before: float | None,
                        result_cls: Any, add_to_parent: bool) -> Any:
         task_id = env.headers["id"]
-        if signals.before_task_publish.receivers:
+        if signals.before_task_publish._receivers:
             signals.before_task_publish.send(sender=name, body=None, exchange="", routing_key=queue,
                                              headers=env.headers, properties=env.properties,
                                              declare=[], retry_policy=None)
@@ -516,7 +516,7 @@ class Celery:
         if self.conf.task_send_sent_event:
             from .events.dispatcher import send_task_sent
             send_task_sent(self, env, queue)
-        if signals.after_task_publish.receivers:
+        if signals.after_task_publish._receivers:
             signals.after_task_publish.send(sender=name, body=None, exchange="", routing_key=queue,
                                             headers=env.headers)
         parent = _state.current_task_request()

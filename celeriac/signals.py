@@ -62,6 +62,8 @@ class Signal:
 
     @property
     def receivers(self) -> list[Any]:
+        """A copy of the connected receivers.  The package's hot paths test ``_receivers``
+        itself (no copy) for "anything connected?"."""
         return list(self._receivers)
 
     def has_listeners(self, sender: Any = None) -> bool:

@@ -120,10 +120,33 @@ def json_dumps(obj: Any) -> str:
     return _encoder.encode(obj)
 
 
+def whole_document(decoder: json.JSONDecoder) -> Callable[[str], Any]:
+    """``decoder.decode`` for a document that starts and ends with its value (no white space
+    around it, as every encoder here and kombu's write it): the decoder's scanner alone,
+    without the two white-space regex matches of ``decode``.  Anything else (white space
+    around the value, extra data, an error) goes to ``decode``: the same value or error."""
+    scan, decode = decoder.scan_once, decoder.decode  # type: ignore[attr-defined]
+
+    def loads(s: str) -> Any:
+        try:
+            obj, end = scan(s, 0)
+        except (StopIteration, ValueError):
+            return decode(s)
+        return obj if end == len(s) else decode(s)
+
+    return loads
+
+
+_decode_whole = whole_document(_decoder)
+_decode_plain = whole_document(json.JSONDecoder())  # no object hook
+
+
 def json_loads(s: str | bytes) -> Any:
     if isinstance(s, (bytes, bytearray, memoryview)):
         s = bytes(s).decode("utf-8")
-    return _decoder.decode(s)
+    if "__type__" in s or "\\u" in s:  # a tagged value may be in there (its key maybe escaped)
+        return _decode_whole(s)
+    return _decode_plain(s)  # no such key: the hook would return every object as it is
 
 
 # -- generic dumps/loads ----------------------------------------------------------

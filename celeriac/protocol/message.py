@@ -88,7 +88,7 @@ def to_kombu_json(env: Envelope, exchange: str, routing_key: str, delivery_tag: 
     )
 
 
-_decode_json = json.JSONDecoder().decode
+_decode_json = codecs.whole_document(json.JSONDecoder())
 
 
 def from_kombu_json(raw: str | bytes) -> Envelope:
@@ -98,7 +98,10 @@ def from_kombu_json(raw: str | bytes) -> Envelope:
             data = _decode_json(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
         except ValueError:  # json.loads also reads UTF-16/32 and a BOM (or says why not)
             data = json.loads(raw)
-        props = dict(data.get("properties") or {})
+        # the decoder's dicts are fresh: copied only when they are something else
+        props = data.get("properties") or {}
+        if props.__class__ is not dict:
+            props = dict(props)
         body = data["body"]
         if props.get("body_encoding") == "base64":
             body_bytes = base64.b64decode(body)
@@ -108,7 +111,7 @@ def from_kombu_json(raw: str | bytes) -> Envelope:
             body_bytes = json.dumps(body).encode("utf-8")
         return Envelope(
             body=body_bytes,
-            headers=dict(data.get("headers") or {}),
+            headers=headers if (headers := data.get("headers") or {}).__class__ is dict else dict(headers),
             properties=props,
             content_type=data.get("content-type") or codecs.JSON,
             content_encoding=data.get("content-encoding") or "utf-8",

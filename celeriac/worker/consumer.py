@@ -73,8 +73,9 @@ class Consumer:
         self._stop.set()
 
     def mark_running(self, delivery: Delivery | None) -> None:
-        with self._hb_lock:
-            self.running = [delivery] if delivery is not None else []
+        # one rebinding of a list never mutated afterwards: the heartbeat thread's copy
+        # sees either the old or the new one, so no lock is needed
+        self.running = [delivery] if delivery is not None else []
 
     # -- fetching --------------------------------------------------------------
     def fetch(self, capacity: int, timeout: float, settle: Any = None) -> list[Delivery]:
@@ -95,17 +96,15 @@ class Consumer:
             self._dead(delivery, f"{type(exc).__name__}: {exc}", task_id, exc)
             if task_id and self.events is not None:
                 self.events.rejected(task_id, False)
-            if signals.task_rejected.receivers:
+            if signals.task_rejected._receivers:
                 signals.task_rejected.send(sender=None, message=env, exc=exc)
             return None
-        if signals.task_received.receivers:
-            pass  # sent below with the request once the task is known
         try:
             task = self.app.tasks[msg.task]
         except NotRegistered as exc:
             logger.error("Received unregistered task of type %r.\nThe message has been dead-lettered "
                          "and its result set to FAILURE.\n%s", msg.task, exc)
-            if signals.task_unknown.receivers:
+            if signals.task_unknown._receivers:
                 signals.task_unknown.send(sender=None, message=msg, exc=exc, name=msg.task, id=msg.id)
             self._dead(delivery, f"NotRegistered: {msg.task}", msg.id, exc)
             if self.events is not None:
@@ -113,7 +112,7 @@ class Consumer:
             return None
         if logger.isEnabledFor(logging.INFO):
             logger.info("Received task: %s[%s]", msg.shadow or msg.task, msg.id)
-        if signals.task_received.receivers:
+        if signals.task_received._receivers:
             signals.task_received.send(sender=self, request=msg)
         now = datetime.now(timezone.utc) if msg.expires is not None or msg.eta is not None else None
         if msg.expires is not None and now is not None and msg.expires <= now:
@@ -121,7 +120,7 @@ class Consumer:
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("expired")), ready=True)])
             finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("expired"))
-            if signals.task_revoked.receivers:
+            if signals.task_revoked._receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=True)
             if self.events is not None:
                 self.events.revoked(msg.id, expired=True)
@@ -134,7 +133,7 @@ class Consumer:
             self._store([make_meta(msg.id, states.REVOKED,
                                    exception_to_dict(TaskRevokedError("revoked")), ready=True)])
             finished_without_running(self.app, msg, states.REVOKED, TaskRevokedError("revoked"))
-            if signals.task_revoked.receivers:
+            if signals.task_revoked._receivers:
                 signals.task_revoked.send(sender=task, request=msg, terminated=False, signum=None, expired=False)
             if self.events is not None:
                 self.events.revoked(msg.id)

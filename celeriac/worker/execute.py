@@ -12,13 +12,12 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from .. import _state, signals, states
 from ..exceptions import Ignore, Reject, Retry
 from ..protocol.message import TaskMessage, safe_repr
-from ..protocol.results import exception_to_dict, make_meta
+from ..protocol.results import exception_to_dict, make_meta, utcnow_iso
 from ..task import Context, Task
 from .canvas_mw import canvas_middleware
 
@@ -59,20 +58,34 @@ class ExecContext:
 
 def context_from_message(msg: TaskMessage, hostname: str, queue: str | None = None,
                          redelivered: bool = False) -> Context:
+    # The message's header properties read straight from its dicts (same values), and the
+    # Context's attributes set as one dict: this runs once per task in every pool.
     h = msg.headers
+    props = msg.properties
     embed = msg.embed or {}
-    return Context(
-        id=msg.id, task=msg.task, args=msg.args, kwargs=msg.kwargs, retries=msg.retries,
-        eta=h.get("eta"), expires=h.get("expires"), headers=h,
-        delivery_info={"exchange": "", "routing_key": queue, "priority": msg.priority,
-                       "redelivered": redelivered},
-        reply_to=msg.reply_to, correlation_id=msg.properties.get("correlation_id") or msg.id,
-        root_id=msg.root_id, parent_id=msg.parent_id, group=msg.group, group_index=msg.group_index,
-        chord=embed.get("chord"), chain=embed.get("chain"), callbacks=embed.get("callbacks"),
-        errbacks=embed.get("errbacks"), hostname=hostname, origin=h.get("origin"),
-        timelimit=h.get("timelimit"), ignore_result=msg.ignore_result, shadow=msg.shadow,
-        stamps=h.get("stamps"), priority=msg.priority, children=[], is_eager=False,
-    )
+    priority = props.get("priority")
+    if not isinstance(priority, int):
+        priority = 0
+    task_id = msg.id
+    req = _new_context(Context)
+    req.__dict__ = {
+        "id": task_id, "task": msg.task, "args": msg.args, "kwargs": msg.kwargs,
+        "retries": int(h.get("retries") or 0), "eta": h.get("eta"), "expires": h.get("expires"),
+        "headers": h,
+        "delivery_info": {"exchange": "", "routing_key": queue, "priority": priority,
+                          "redelivered": redelivered},
+        "reply_to": props.get("reply_to"), "correlation_id": props.get("correlation_id") or task_id,
+        "root_id": h.get("root_id") or task_id, "parent_id": h.get("parent_id"), "group": h.get("group"),
+        "group_index": h.get("group_index"), "chord": embed.get("chord"), "chain": embed.get("chain"),
+        "callbacks": embed.get("callbacks"), "errbacks": embed.get("errbacks"), "hostname": hostname,
+        "origin": h.get("origin"), "timelimit": h.get("timelimit"),
+        "ignore_result": bool(h.get("ignore_result")), "shadow": h.get("shadow"),
+        "stamps": h.get("stamps"), "priority": priority, "children": [], "is_eager": False,
+    }
+    return req
+
+
+_new_context = object.__new__
 
 
 # -- the innermost step --------------------------------------------------------
@@ -204,7 +217,7 @@ def signals_middleware(ctx: ExecContext, call_next: Handler) -> None:
 
 
 def signals_before(ctx: ExecContext) -> None:
-    if signals.task_prerun.receivers:
+    if signals.task_prerun._receivers:
         task, req = ctx.task, ctx.req
         signals.task_prerun.send(sender=task, task_id=req.id, task=task, args=req.args, kwargs=req.kwargs)
 
@@ -212,20 +225,20 @@ def signals_before(ctx: ExecContext) -> None:
 def signals_after(ctx: ExecContext, _: Any = None) -> None:
     task, req = ctx.task, ctx.req
     if ctx.state == states.SUCCESS:
-        if signals.task_success.receivers:
+        if signals.task_success._receivers:
             signals.task_success.send(sender=task, result=ctx.retval)
     elif ctx.state == states.FAILURE:
-        if signals.task_failure.receivers:
+        if signals.task_failure._receivers:
             signals.task_failure.send(sender=task, task_id=req.id, exception=ctx.exc, args=req.args,
                                       kwargs=req.kwargs, traceback=ctx.exc.__traceback__ if ctx.exc else None,
                                       einfo=_einfo(ctx, ctx.exc))
     elif ctx.state == states.RETRY:
-        if signals.task_retry.receivers:
+        if signals.task_retry._receivers:
             signals.task_retry.send(sender=task, request=req, reason=ctx.retry, einfo=_einfo(ctx, ctx.exc))
     elif ctx.state == states.REJECTED:
-        if signals.task_rejected.receivers:
+        if signals.task_rejected._receivers:
             signals.task_rejected.send(sender=task, message=ctx.message, exc=ctx.exc)
-    if signals.task_postrun.receivers:
+    if signals.task_postrun._receivers:
         signals.task_postrun.send(sender=task, task_id=req.id, task=task, args=req.args,
                                   kwargs=req.kwargs, retval=ctx.retval if ctx.exc is None else ctx.exc,
                                   state=ctx.state)
@@ -255,7 +268,7 @@ def results_before(ctx: ExecContext) -> tuple[bool, bool]:
         else conf.task_store_errors_even_if_ignored
     track = task.track_started if task.track_started is not None else conf.task_track_started
     if conf.result_extended:  # only stored with result_extended: skip the clock otherwise
-        req.date_started = datetime.now(timezone.utc).isoformat()
+        req.date_started = utcnow_iso()
     if track and not ignore and not ctx.eager:
         ctx.app.backend.store_meta(make_meta(req.id, states.STARTED, {"pid": _pid(), "hostname": ctx.hostname},
                                              ready=False, extended=_extended(ctx)))
@@ -328,10 +341,42 @@ PHASES: dict[Any, tuple[Callable[[ExecContext], Any] | None, Callable[[ExecConte
 
 
 def build_chain(middleware: Sequence[Middleware], terminal: Handler = call_task) -> Handler:
+    """One handler running ``middleware`` around ``terminal``.  Consecutive middleware with
+    before/after halves (``PHASES`` or a ``phases`` attribute) run as their halves in a flat
+    loop, in the order nesting would call them (the default chain is only such middleware)."""
     handler = terminal
+    group: list[tuple[Any, Any]] = []
     for mw in reversed(middleware):
+        phases = PHASES.get(mw) or getattr(mw, "phases", None)
+        if phases is not None:
+            group.append(phases)
+            continue
+        if group:
+            handler = _phased(group[::-1], handler)
+            group = []
         handler = (lambda m, nxt: lambda ctx: m(ctx, nxt))(mw, handler)
+    if group:
+        handler = _phased(group[::-1], handler)
     return handler
+
+
+def _phased(phases: list[tuple[Any, Any]], inner: Handler) -> Handler:
+    """``phases`` (outermost first) as one handler: every ``before`` in order, ``inner``,
+    then every ``after`` in reverse with what its ``before`` returned.  As with nesting, an
+    exception leaves the halves after it unrun and reaches the caller."""
+    befores = tuple((i, b) for i, (b, _) in enumerate(phases) if b is not None)
+    afters = tuple((i, a) for i, (_, a) in enumerate(phases))[::-1]
+    n = len(phases)
+
+    def step(ctx: ExecContext) -> None:
+        tokens: list[Any] = [None] * n
+        for i, before in befores:
+            tokens[i] = before(ctx)
+        inner(ctx)
+        for i, after in afters:
+            after(ctx, tokens[i])
+
+    return step
 
 
 def middleware_for(app: Celery) -> list[Middleware]:

@@ -45,11 +45,18 @@ class Slot:
         self.name = multiprocessing.RawArray(ctypes.c_char, 200)
         self.term = multiprocessing.RawArray(ctypes.c_char, 64)  # task id to terminate (revoke); control_state
         self.index = {n: i for i, n in enumerate(names)}  # task name -> position in counts
+        self._names: dict[str, bytes] = {}  # task name -> what set() writes, made once per name
+        self._last_name: str | None = None
         self.counts = multiprocessing.RawArray(ctypes.c_long, max(len(self.index), 1))  # tasks done by name
 
     def set(self, task_id: str, name: str, hard_deadline: float, acks_late: bool) -> None:
         self.tid.value = task_id.encode()[:63]
-        self.name.value = name.encode()[:199]
+        if name is not self._last_name:  # the array keeps the name set last: rewritten on a change
+            encoded = self._names.get(name)
+            if encoded is None:
+                encoded = self._names[name] = name.encode()[:199]
+            self.name.value = encoded
+            self._last_name = name
         self.nums[0] = time.time()
         self.nums[1] = hard_deadline
         self.nums[2] = 1.0 if acks_late else 0.0

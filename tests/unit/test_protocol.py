@@ -123,3 +123,16 @@ def test_meta_shape():
     meta = make_meta("tid", "SUCCESS", 5, ready=True)
     assert list(meta) == ["status", "result", "traceback", "children", "date_done", "task_id"]
     assert meta["date_done"].endswith("+00:00")
+
+
+def test_utcnow_iso_is_datetime_isoformat():
+    from datetime import datetime, timezone
+
+    from celeriac.protocol.results import utcnow_iso
+    for _ in range(2000):
+        before = datetime.now(timezone.utc)
+        text = utcnow_iso()
+        after = datetime.now(timezone.utc)
+        parsed = datetime.fromisoformat(text)
+        assert parsed.isoformat() == text  # the same text isoformat() makes, "+00:00" included
+        assert before <= parsed <= after
