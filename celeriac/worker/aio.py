@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from .execute import PHASES, ExecContext
+from .execute import ExecContext, fold_chain
 
 AsyncHandler = Callable[[ExecContext], Awaitable[None]]
 
@@ -246,20 +246,8 @@ def build_async_chain(middleware: Sequence[Any], terminal: AsyncHandler,
     ``PHASES`` run in the loop thread, before and after the await of the task; any
     other (plain wrap-around) middleware runs in a thread of ``threads()``, its
     ``call_next`` coming back to the loop."""
-    handler = terminal
-    group: list[tuple[Any, Any]] = []
-    for mw in reversed(middleware):
-        phases = PHASES.get(mw) or getattr(mw, "phases", None)
-        if phases is not None:
-            group.append(phases)
-            continue
-        if group:
-            handler = _phased(group[::-1], handler)
-            group = []
-        handler = _threaded(mw, handler, threads)
-    if group:
-        handler = _phased(group[::-1], handler)
-    return handler
+    return fold_chain(middleware, terminal, _phased,  # type: ignore[no-any-return]
+                      lambda mw, nxt: _threaded(mw, nxt, threads))
 
 
 def _phased(phases: list[tuple[Any, Any]], inner: AsyncHandler) -> AsyncHandler:

@@ -340,10 +340,12 @@ PHASES: dict[Any, tuple[Callable[[ExecContext], Any] | None, Callable[[ExecConte
 }
 
 
-def build_chain(middleware: Sequence[Middleware], terminal: Handler = call_task) -> Handler:
-    """One handler running ``middleware`` around ``terminal``.  Consecutive middleware with
-    before/after halves (``PHASES`` or a ``phases`` attribute) run as their halves in a flat
-    loop, in the order nesting would call them (the default chain is only such middleware)."""
+def fold_chain(middleware: Sequence[Any], terminal: Any, phased: Callable[[list[Any], Any], Any],
+               wrap: Callable[[Any, Any], Any]) -> Any:
+    """``middleware`` folded around ``terminal``, innermost last: each run of consecutive
+    middleware with before/after halves (``PHASES`` or a ``phases`` attribute) becomes one
+    ``phased(halves, inner)`` handler, any other middleware ``wrap(mw, inner)``.  Shared by
+    the sync chain and the asyncio pool's (``aio.build_async_chain``)."""
     handler = terminal
     group: list[tuple[Any, Any]] = []
     for mw in reversed(middleware):
@@ -352,12 +354,20 @@ def build_chain(middleware: Sequence[Middleware], terminal: Handler = call_task)
             group.append(phases)
             continue
         if group:
-            handler = _phased(group[::-1], handler)
+            handler = phased(group[::-1], handler)
             group = []
-        handler = (lambda m, nxt: lambda ctx: m(ctx, nxt))(mw, handler)
+        handler = wrap(mw, handler)
     if group:
-        handler = _phased(group[::-1], handler)
+        handler = phased(group[::-1], handler)
     return handler
+
+
+def build_chain(middleware: Sequence[Middleware], terminal: Handler = call_task) -> Handler:
+    """One handler running ``middleware`` around ``terminal``.  Consecutive middleware with
+    before/after halves run as their halves in a flat loop, in the order nesting would call
+    them (the default chain is only such middleware)."""
+    return fold_chain(middleware, terminal, _phased,  # type: ignore[no-any-return]
+                      lambda m, nxt: lambda ctx: m(ctx, nxt))
 
 
 def _phased(phases: list[tuple[Any, Any]], inner: Handler) -> Handler:
