@@ -152,3 +152,10 @@ def stop_group(proc: subprocess.Popen[Any], timeout: float = 10) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout)
+
+
+def delete_prefixed(r: Any, prefix: str) -> None:
+    """Delete every key under a test's own key prefix (never FLUSHDB: the server is shared)."""
+    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        r.delete(*keys)

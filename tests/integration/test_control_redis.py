@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import WorkerProcess, wait_for, write
+from support import WorkerProcess, delete_prefixed, wait_for, write
 
 from celeriac import Celery
 from celeriac.exceptions import TaskRevokedError
@@ -85,9 +85,7 @@ def env(tmp_path: Path, r: redis.Redis):
     client.conf.result_backend_transport_options = {"global_keyprefix": prefix}
     yield tmp_path, client, prefix
     client.close()
-    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        r.delete(*keys)
+    delete_prefixed(r, prefix)
 
 
 def node(client: Celery, command: str = "stats", name: str = W1, **kw):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from support import WorkerProcess, write
+from support import WorkerProcess, delete_prefixed, write
 
 from celeriac import Celery
 
@@ -62,9 +62,7 @@ def env(tmp_path: Path) -> Iterator[tuple[Path, Celery, str]]:
     client.conf.result_backend_transport_options = {"global_keyprefix": prefix}
     yield tmp_path, client, prefix
     client.close()
-    keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        r.delete(*keys)
+    delete_prefixed(r, prefix)
     r.close()
 
 
