@@ -32,8 +32,6 @@ import atexit
 import contextlib
 import itertools
 import logging
-import select
-import socket
 import threading
 import uuid
 import weakref
@@ -41,7 +39,7 @@ from collections import deque
 from typing import Any
 
 from .._fastid import getpid
-from .._resp import Client, ConnectionError, ResponseError, TimeoutError, new_reader, read_only
+from .._resp import Client, ConnectionError, ResponseError, TimeoutError, read_only
 
 _FORK_LOCK = threading.Lock()
 WINDOW = 64                 # unconfirmed commands a lane holds before it reads their replies
@@ -189,36 +187,19 @@ class FastLane:
             self.lock.release()
 
     def _raw(self, conn: Any, packed: bytes, replies: int) -> list[Any]:
-        """Write and read the socket directly: one recv for all the replies, usually."""
-        sock = self._socket(conn)
-        reader, buf = self.reader, self.buf
-        out: list[Any] = []
+        """Write and read on the connection itself (one recv for all the replies, usually);
+        a failure closes it (replies may be left unread: the stream is never reused)."""
+        self._socket(conn)
         try:
-            sock.sendall(packed)
-            while True:
-                reply = reader.gets()
-                if reply is False:
-                    n = sock.recv_into(buf)
-                    if not n:
-                        raise ConnectionError(f"Connection closed by server {conn.params.address}")
-                    reader.feed(buf, 0, n)
-                    continue
-                out.append(reply)
-                if len(out) == replies:
-                    break
-        except BaseException as exc:
+            conn.send(packed)
+            out: list[Any] = conn.read(replies)
+        except BaseException:
             self.sock = None
-            conn.disconnect()   # replies may be left unread: never reuse the stream
-            if isinstance(exc, socket.timeout):
-                raise TimeoutError(f"Timeout reading from {conn.params.address}") from exc
-            if isinstance(exc, OSError):
-                raise ConnectionError(f"Error while reading from {conn.params.address}: {exc}") from exc
             raise
         for reply in out:
             if isinstance(reply, ResponseError):
-                if read_only(out):  # a demoted master: the next connection finds the new one
+                if conn.sock is None:  # a demoted master's: read() closed it, the next finds the new one
                     self.sock = None
-                    conn.disconnect()
                 raise reply     # every reply was read: the connection stays usable
         return out
 
@@ -270,15 +251,10 @@ class FastLane:
 
     def _socket(self, conn: Any) -> Any:
         sock = conn.sock
-        if sock is not self.sock:  # a new connection: a new reader (nothing half-read)
+        if sock is not self.sock:  # a new connection: its own fresh reader (nothing half-read)
             self.sock = sock
-            self.buf = conn.buf
-            self.reader = new_reader()
+            self.buf, self.reader, self.poller = conn.buf, conn.reader, conn.poller
             self.partial = []
-            self.poller = None
-            if hasattr(select, "poll") and not hasattr(sock, "pending"):  # TLS may buffer: can_read()
-                self.poller = select.poll()
-                self.poller.register(sock, select.POLLIN | select.POLLPRI)
         return sock
 
     def _confirm(self) -> None:
